@@ -1,0 +1,45 @@
+"""Ingest the configured sources into the four record files, with train/validation splits.
+
+Reads prepare_data.sources, writes data/raw/{documents,conversations,preferences,prompts}.jsonl
+(each record carries "split": "train" | "validation"), data/rejected/prepare_data.jsonl and
+reports/prepare_data.json. Params: seed, prepare_data.
+Run: dvc repro prepare_data   or   python -m stages.prepare_data --set prepare_data.validation_fraction=0.2
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from chatforge.config import load_config
+from chatforge.ingest import PrepareDataConfig, ingest
+from chatforge.jsonl import write_jsonl
+from chatforge.tracking import setup_logging, stage_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    prepare_data: PrepareDataConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    cfg = load_config(Params, argv, description=__doc__)
+    pd = cfg.prepare_data
+    with stage_run("prepare_data", cfg) as run:
+        result = ingest(pd, cfg.seed)
+        for kind, records in result.records.items():
+            write_jsonl(pd.output_dir / f"{kind}.jsonl", records)
+        write_jsonl(pd.rejects, result.rejected)
+        counts = result.counts()
+        run.report(pd.report, counts)
+        run.log_artifact(pd.rejects, "rejected")
+        log.info("prepare_data: %d records in, %d accepted, %d rejected (see %s)", counts["records_in"],
+                 counts["records_accepted"], counts["records_rejected"], pd.rejects)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Shared fixtures. The environment comes first, before anything imports prefect/mlflow/dvc.
+
+Tests are hermetic: no network, no home-directory caches, CPU only. The tiny tokenizer and model
+are trained/built in-process from text written here.
+"""
+
+import os
+import shutil
+import tempfile
+
+_TMP_HOME = tempfile.mkdtemp(prefix="chatforge-test-")
+for key, val in {
+    "PREFECT_HOME": os.path.join(_TMP_HOME, "prefect"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "chatforge,stages",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HOME": os.path.join(_TMP_HOME, "hf"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",
+}.items():
+    os.environ.setdefault(key, val)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("CHATFORGE_PARENT_RUN_ID", None)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A few dozen lines of English and Chinese, enough to train a byte-level BPE for tests.
+TINY_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A language model predicts the next token from the tokens before it.",
+    "Reinforcement learning from human feedback tunes a model with a reward model.",
+    "The reward model is trained on pairs of replies where people chose the better one.",
+    "Supervised fine-tuning teaches the model to answer in the assistant's turn.",
+    "Tokenizers split text into pieces; byte-level BPE never meets an unknown character.",
+    "How are you doing today? I'm doing well, thanks for asking!",
+    "What is your favourite book? I like reading science fiction at night.",
+    "The weather is lovely today, let's go for a walk in the park.",
+    "Data cleaning removes navigation menus, adverts and duplicated paragraphs.",
+    "大型语言模型通过预测下一个词来学习语言。",
+    "人类反馈强化学习使用奖励模型来调整模型的行为。",
+    "今天天气很好，我们去公园散步吧。",
+    "数据清洗会去掉导航栏、广告和重复的段落。",
+    "你好，最近怎么样？我很好，谢谢你的关心！",
+] * 3
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE with our chat template, trained in-process on TINY_TEXTS."""
+    from chatforge.tokenizer import TokenizerConfig, train_tokenizer
+
+    return train_tokenizer(TINY_TEXTS, TokenizerConfig(vocab_size=512, min_frequency=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config():
+    from chatforge.modeling import ModelConfig
+
+    return ModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                       context_length=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
+    """A saved 2-layer Llama + tokenizer directory (random weights), like models/base/."""
+    from chatforge.modeling import build_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    build_model(tiny_model_config, tiny_tokenizer, seed=0).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _mlflow_seed_db(tmp_path_factory):
+    """An MLflow sqlite DB migrated once per test run (migrations take ~5 s; a copy takes 0.2 s)."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-seed") / "seed.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
+    """A fresh MLflow store for one test, set in the environment like a user would."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_seed_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
