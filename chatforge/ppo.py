@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,10 +108,13 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_var(x, mask):
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
 def masked_whiten(x, mask, shift_mean: bool = True):
     mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * (var + 1e-8).rsqrt()
+    out = (x - mean) * (masked_var(x, mask) + 1e-8).rsqrt()
     return (out if shift_mean else out + mean) * mask
 
 
@@ -246,6 +250,74 @@ class RewardModelScorer:
             return self.model(**enc.to(self.device)).logits[:, 0].float().tolist()
 
 
+def sample_replies(policy, tokenizer, prompts: list[list[dict[str, str]]], cfg: PPOConfig, device) -> dict:
+    """One sampled reply per prompt (temperature only, so log-probs match what was sampled).
+
+    Prompts are rendered with the chat template, left-padded and cut to their last
+    max_prompt_length tokens. ``mask`` covers the reply up to and including its EOS.
+    """
+    import torch
+
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, padding=True,
+                                        truncation=True, max_length=cfg.max_prompt_length,
+                                        return_tensors="pt", return_dict=True)
+    query, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    with torch.no_grad():
+        seq = policy.generate(input_ids=query, attention_mask=query_mask, do_sample=True, top_k=0, top_p=1.0,
+                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    reply = seq[:, query.shape[1]:]                                          # (B, R)
+    is_eos = reply == tokenizer.eos_token_id
+    mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).float()
+    has_eos, lengths = is_eos.any(1), mask.sum(1).long()
+    texts = [tokenizer.decode(r[: n - int(e)], skip_special_tokens=True)
+             for r, n, e in zip(reply.tolist(), lengths.tolist(), has_eos.tolist())]
+    return {"query_mask": query_mask, "seq": seq, "reply": reply, "mask": mask, "has_eos": has_eos,
+            "lengths": lengths, "texts": texts}
+
+
+def final_score(raw, has_eos, cfg: PPOConfig):
+    """The score PPO optimises: the reward minus the missing-EOS penalty, clipped to +-reward_clip."""
+    return (raw - cfg.missing_eos_penalty * (~has_eos).float()).clamp(-cfg.reward_clip, cfg.reward_clip)
+
+
+def score_policy(model_dir: Path, reward: Path | RewardFn, prompts: Sequence[Any], cfg: PPOConfig,
+                 batch_size: int = 32, seed: int = 0) -> dict[str, float]:
+    """Held-out check: sample one reply per prompt from ``model_dir`` as PPO does and score it.
+
+    Returns the mean raw reward, the mean score PPO optimises (penalised and clipped) and the
+    mean reply length. Seeded, so two policies are compared on the same random stream.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    reward_fn = reward if callable(reward) else RewardModelScorer(Path(reward), device)
+    prompts = as_messages(prompts)
+    torch.manual_seed(seed)
+    raw, score, length = [], [], []
+    for i in range(0, len(prompts), batch_size):
+        part = prompts[i:i + batch_size]
+        s = sample_replies(policy, tokenizer, part, cfg, device)
+        r = torch.tensor([float(x) for x in reward_fn(part, s["texts"])], device=device)
+        raw += r.tolist()
+        score += final_score(r, s["has_eos"], cfg).tolist()
+        length += s["lengths"].tolist()
+    n = len(raw)
+    return {"reward": sum(raw) / n, "score": sum(score) / n, "response_length": sum(length) / n}
+
+
+def as_messages(prompts: Sequence[Any]) -> list[list[dict[str, str]]]:
+    """Prompts as message lists; a plain string is one user turn."""
+    out = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    if not out:
+        raise ValueError("PPO needs at least one prompt")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------
@@ -264,20 +336,17 @@ class PPOTrainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", torch.cuda.current_device() if self.distributed else 0)
+        if torch.cuda.is_available():             # torchrun sets LOCAL_RANK: one GPU per process
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
         # bf16 autocast on GPU for every forward (policy, reference and RM alike: same dtype,
         # anchors §3.1); fp32 on CPU.
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-        self.prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-        if not self.prompts:
-            raise ValueError("PPO needs at least one prompt")
+        self.prompts = as_messages(prompts)
         self.tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
-        self.tokenizer.padding_side, self.tokenizer.truncation_side = "left", "left"
-        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
         policy = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32)
         self.model = _nn()(policy).to(self.device)
@@ -300,6 +369,7 @@ class PPOTrainer:
                 raise ValueError("ptx_coef > 0 needs ptx_texts (pretraining documents)")
             self.ptx = list(ptx_texts)
         self.step, self.prompt_cursor, self.ptx_cursor, self.history = 0, 0, 0, []
+        self._order: tuple[int, Any] = (-1, None)
         torch.manual_seed(cfg.seed + self.rank)
         if checkpoint_dir is not None and cfg.resume:
             self._load_checkpoint()
@@ -312,19 +382,22 @@ class PPOTrainer:
 
         n, out = len(self.prompts), []
         for _ in range(self.cfg.rollout_batch_size):
-            i = self.prompt_cursor * self.world + self.rank
-            epoch, pos = divmod(i, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
-            out.append(self.prompts[order[pos]])
+            epoch, pos = divmod(self.prompt_cursor * self.world + self.rank, n)
+            if self._order[0] != epoch:
+                gen = torch.Generator().manual_seed(self.cfg.seed + epoch)
+                self._order = (epoch, torch.randperm(n, generator=gen))
+            out.append(self.prompts[self._order[1][pos]])
             self.prompt_cursor += 1
         return out
 
     def _next_ptx_batch(self):
-        texts = [self.ptx[(self.ptx_cursor + i) % len(self.ptx)] for i in range(self.cfg.ptx_batch_size)]
-        self.ptx_cursor += self.cfg.ptx_batch_size
-        tok = self.tokenizer
-        enc = tok([tok.bos_token + t for t in texts], padding=True, truncation=True, add_special_tokens=False,
-                  max_length=self.cfg.ptx_max_length, return_tensors="pt")
+        """ptx_batch_size pretraining texts, each <|endoftext|> + its first ptx_max_length - 1 tokens."""
+        tok, n = self.tokenizer, self.cfg.ptx_batch_size
+        texts = [self.ptx[(self.ptx_cursor + i) % len(self.ptx)] for i in range(n)]
+        self.ptx_cursor += n
+        ids = [[tok.bos_token_id] + t[: self.cfg.ptx_max_length - 1]
+               for t in tok(texts, add_special_tokens=False)["input_ids"]]
+        enc = tok.pad({"input_ids": ids}, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     # ---- 1-3: rollout, rewards, advantages ----------------------------------------------------
@@ -332,28 +405,15 @@ class PPOTrainer:
     def rollout(self) -> tuple[dict[str, Any], dict[str, float]]:
         import torch
 
-        cfg, tok = self.cfg, self.tokenizer
+        cfg = self.cfg
         prompts = self._next_prompts()
-        enc = tok.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, padding=True,
-                                      truncation=True, max_length=cfg.max_prompt_length,
-                                      return_tensors="pt", return_dict=True)
-        query, query_mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         self.model.eval()
-        with torch.no_grad(), self.autocast:
-            seq = self.model.policy.generate(
-                input_ids=query, attention_mask=query_mask, do_sample=True, temperature=cfg.temperature,
-                top_k=0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos_id,
-                pad_token_id=self.pad_id)
-        Q = query.shape[1]
-        reply = seq[:, Q:]                                                  # (B, R)
-        is_eos = reply == self.eos_id
-        mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).float()           # up to and including EOS
-        has_eos = is_eos.any(1)
-        lengths = mask.sum(1).long()
-        texts = [tok.decode(r[: n - int(e)], skip_special_tokens=True)
-                 for r, n, e in zip(reply.tolist(), lengths.tolist(), has_eos.tolist())]
-        raw = torch.tensor([float(s) for s in self.reward_fn(prompts, texts)], device=self.device)
-        score = (raw - cfg.missing_eos_penalty * (~has_eos).float()).clamp(-cfg.reward_clip, cfg.reward_clip)
+        with self.autocast:
+            s = sample_replies(self.model.policy, self.tokenizer, prompts, cfg, self.device)
+        query_mask, seq, reply, mask, lengths = s["query_mask"], s["seq"], s["reply"], s["mask"], s["lengths"]
+        Q = query_mask.shape[1]
+        raw = torch.tensor([float(x) for x in self.reward_fn(prompts, s["texts"])], device=self.device)
+        score = final_score(raw, s["has_eos"], cfg)
 
         attn = torch.cat([query_mask, mask.long()], 1)
         with torch.no_grad(), self.autocast:
@@ -374,17 +434,15 @@ class PPOTrainer:
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
 
-        var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        resid = returns - values
-        var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
+        explained_var = 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
         stats = {
             "reward": score.mean().item(), "rm_score": raw.mean().item(),
             "kl": kl.sum(1).mean().item(),
             "kl_k1": ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item(),
             "kl_coef": self.kl_ctl.value,
             "reward_total": (score - self.kl_ctl.value * kl.sum(1)).mean().item(),
-            "response_length": lengths.float().mean().item(), "eos_fraction": has_eos.float().mean().item(),
-            "explained_variance": (1 - var_resid / var_returns.clamp(min=1e-8)).item(),
+            "response_length": lengths.float().mean().item(), "eos_fraction": s["has_eos"].float().mean().item(),
+            "explained_variance": explained_var.item(),
         }
         batch = {"seq": seq, "attn": attn, "reply": reply, "mask": mask, "old_logprobs": old_logprobs,
                  "values": values, "advantages": advantages, "returns": returns, "Q": Q}
@@ -399,6 +457,7 @@ class PPOTrainer:
         self.model.train()
         sums: dict[str, float] = {}
         n_mb = epochs_run = 0
+        ratio_max = 0.0
         for _ in range(cfg.ppo_epochs):
             epochs_run += 1
             stop = False
@@ -431,17 +490,19 @@ class PPOTrainer:
                     mb = {"policy_loss": pg_loss, "value_loss": vf_loss, "clip_frac": clip_frac,
                           "value_clip_frac": vf_clip_frac, "entropy": masked_mean(entropy, m),
                           "approx_kl": approx_kl, "ratio_mean": masked_mean(ratio, m),
-                          "ratio_max": (ratio * m).max(), "grad_norm": grad_norm, "ptx_loss": ptx_loss}
+                          "grad_norm": grad_norm, "ptx_loss": ptx_loss}
+                    ratio_max = max(ratio_max, (ratio * m).max().item())
                 for k, v in mb.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v)
+                    sums[k] = sums.get(k, 0.0) + v.item()
                 n_mb += 1
-                if cfg.kl_stop and approx_kl.item() > cfg.kl_stop:
+                # Every rank must take the same decision, or DDP waits forever for the one that stopped.
+                if cfg.kl_stop and self._mean_over_ranks(approx_kl.item()) > cfg.kl_stop:
                     stop = True
                     break
             if stop:
                 break
         stats = {k: v / n_mb for k, v in sums.items()}
-        stats["ppo_epochs_run"] = epochs_run
+        stats.update(ratio_max=ratio_max, ppo_epochs_run=epochs_run)
         return stats
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -551,11 +612,14 @@ class PPOTrainer:
         """The trained policy as a standard HF directory with its tokenizer (no value head)."""
         from chatforge.jsonl import atomic_dir
 
-        if self.rank != 0:
-            return
-        with atomic_dir(out_dir) as tmp:
-            self.model.policy.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        if self.rank == 0:
+            with atomic_dir(out_dir) as tmp:
+                self.model.policy.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+        if self.distributed:                          # every rank returns once the policy is on disk
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 def train_ppo(policy_dir: Path, reward: Path | RewardFn, prompts: Sequence[Any], cfg: PPOConfig, out_dir: Path,

@@ -8,7 +8,7 @@ import torch
 
 from chatforge.config import ConfigError, build_dataclass
 from chatforge.ppo import (AdaptiveKLController, FixedKLController, PPOConfig, gae, kl_per_token, masked_whiten,
-                           policy_loss, train_ppo, value_loss)
+                           policy_loss, score_policy, train_ppo, value_loss)
 
 PROMPTS = [[{"role": "user", "content": t}] for t in
            ("hello there", "how are you", "what is the weather like", "tell me a story", "你好")]
@@ -109,24 +109,7 @@ def ascii_letter_fraction(prompts, replies):
     return [sum(c.isascii() and c.isalpha() for c in r) / max(1, len(r)) for r in replies]
 
 
-def sampled_reward(model_dir, tokenizer, max_new_tokens, n=96, seed=0):
-    """Mean reward of n replies sampled (temperature 1) from a saved model."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tokenizer.padding_side = "left"
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
-    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                        return_dict=True)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(ascii_letter_fraction(prompts, replies)) / n
-
-
-def test_ppo_raises_the_reward_of_a_simple_reward_function(tiny_model_dir, tiny_tokenizer, tmp_path):
+def test_ppo_raises_the_reward_of_a_simple_reward_function(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     # Measured: 0.47 -> 0.72 / 0.89 / 0.77 for seeds 0 / 1 / 2 (random 2-layer model, ~7 s of CPU).
@@ -136,9 +119,10 @@ def test_ppo_raises_the_reward_of_a_simple_reward_function(tiny_model_dir, tiny_
     summary = train_ppo(tiny_model_dir, ascii_letter_fraction, PROMPTS, cfg, tmp_path / "policy",
                         log_fn=lambda metrics, step: logged.append((step, metrics)))
 
-    before = sampled_reward(tiny_model_dir, tiny_tokenizer, cfg.max_new_tokens)
-    after = sampled_reward(tmp_path / "policy", tiny_tokenizer, cfg.max_new_tokens)
-    assert after > before + 0.1, (before, after, summary)
+    held_out = [f"question number {i}" for i in range(64)]
+    before = score_policy(tiny_model_dir, ascii_letter_fraction, held_out, cfg)
+    after = score_policy(tmp_path / "policy", ascii_letter_fraction, held_out, cfg)
+    assert after["reward"] > before["reward"] + 0.1, (before, after, summary)
     assert summary["steps"] == 10 and summary["kl_end"] > 0
 
     assert [s for s, _ in logged] == list(range(1, 11))
