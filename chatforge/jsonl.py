@@ -9,6 +9,7 @@ on success, so a killed stage leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -40,14 +41,14 @@ def iter_jsonl(path: Path, max_line_bytes: int = 64 << 20) -> Iterator[tuple[int
     """Yield ``(line_number, record_or_Rejected)`` for every non-blank line of ``path``.
 
     Lines that are not UTF-8, not JSON, or not a JSON object come back as ``Rejected``.
-    Raises InputError when the file is missing or has no records at all.
+    A ``.gz`` file is read through gzip. Raises InputError when the file is missing or has no records.
     """
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a .jsonl file")
     seen = 0
-    with path.open("rb") as fh:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
