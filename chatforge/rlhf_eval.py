@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalSettings:
-    max_prompts: int = field_help(64, "held-out prompts to evaluate on (0 = all)")
+    max_prompts: int = field_help(48, "held-out prompts to evaluate on (0 = all)")
     samples_per_prompt: int = field_help(2, "replies sampled per prompt from each model")
-    max_new_tokens: int = field_help(48, "tokens per sampled reply")
-    max_length: int = field_help(256, "context: prompt + reply tokens (prompts lose turns from the left)")
+    max_new_tokens: int = field_help(32, "tokens per sampled reply")
+    max_length: int = field_help(192, "context: prompt + reply tokens (prompts lose turns from the left)")
     batch_size: int = field_help(32, "sequences per generate / forward call")
 
 
