@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from chatforge.config import load_config
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             metrics, margins = pairwise_metrics(model, tok, validation, rc.max_length, rc.eval_batch_size)
             report.update(metrics)
         # The judge logs into a child run: the trainer's params would clash with the reward model's.
-        with mlflow.start_run(run_name="train_reward/judge", nested=True), atomic_dir(rc.judge_output) as out:
+        child = mlflow.start_run(run_name="train_reward/judge", nested=True) if run.run_id else nullcontext()
+        with child, atomic_dir(rc.judge_output) as out:
             report.update({f"judge_train_{k}": v
                            for k, v in train_reward_model(rc, judge_pairs, cfg.seed + 1, out, "judge").items()})
             model, tok = load_reward_model(out)
