@@ -1,0 +1,116 @@
+"""Reward model, judge and RL: each algorithm runs a few real TRL steps on a 2-layer model, and
+the weights change and reward and KL reach MLflow every step."""
+
+import pytest
+
+PROMPTS = [
+    [{"role": "user", "content": "How are you doing today?"}],
+    [{"role": "user", "content": "What is your favourite book?"}],
+    [{"role": "user", "content": "今天天气很好"}],
+    [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how are you?"},
+     {"role": "user", "content": "Let's go for a walk in the park."}],
+]
+GOOD = ["I'm doing well, thanks for asking!", "I like reading science fiction at night.", "我们去公园散步吧。",
+        "The weather is lovely today."]
+BAD = ["The quick brown fox.", "Tokenizers split text.", "数据清洗。", "A language model predicts."]
+PAIRS = [{"id": f"c{i}#1", "prompt": p, "chosen": g, "rejected": b}
+         for i, (p, g, b) in enumerate(zip(PROMPTS, GOOD, BAD))] * 3
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, tiny_model_dir):
+    """A reward model trained for a few steps from the tiny model (stands in for the RM and the judge)."""
+    import mlflow
+
+    from chatforge.reward import RewardModelConfig, train_reward_model
+
+    out = tmp_path_factory.mktemp("reward")
+    cfg = RewardModelConfig(sft=tiny_model_dir, checkpoints=out / "ckpt", max_length=64, max_steps=4, batch_size=4,
+                            lr=1.0e-2, logging_steps=1)
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    with mlflow.start_run():
+        metrics = train_reward_model(cfg, PAIRS, seed=0, output_dir=out / "rm")
+    mlflow.set_tracking_uri(None)
+    assert metrics["steps"] == 4
+    return out / "rm"
+
+
+def test_reward_model_learns_the_pairs(reward_dir):
+    from chatforge.reward import load_reward_model, pairwise_metrics
+
+    model, tok = load_reward_model(reward_dir)
+    assert model.config.num_labels == 1 and (reward_dir / "tokenizer.json").exists()
+    metrics, margins = pairwise_metrics(model, tok, PAIRS[:4], max_length=64)
+    assert metrics["accuracy"] >= 0.75 and metrics["margin_mean"] > 0 and len(margins) == 4
+
+
+def weights(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "dpo"])
+def test_algorithm_updates_policy_and_logs_reward_and_kl(algorithm, tmp_path, tiny_model_dir, reward_dir,
+                                                         mlflow_uri):
+    import mlflow
+    import torch
+
+    from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
+
+    cfg = RlhfConfig(algorithm=algorithm, checkpoints=tmp_path / "ckpt", max_steps=3, batch_size=4,
+                     num_generations=2, lr=1.0e-2, max_completion_length=8, max_length=64, normalization_samples=4)
+    data = RlhfData(sft=tiny_model_dir, reward=reward_dir, prompts=PROMPTS * 2, pairs=PAIRS)
+    with mlflow.start_run() as run:
+        facts = train_policy(cfg, data, seed=0, output_dir=tmp_path / "policy")
+    assert facts["steps"] == 3 and facts["algorithm"] == algorithm
+    before, after = weights(tiny_model_dir), weights(tmp_path / "policy")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    client = mlflow.MlflowClient()
+    for key in ("reward", "kl"):
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, key)}
+        assert len(steps) == 3, (key, steps)                      # every step
+
+
+def test_kl_guard_stops_training(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
+    import mlflow
+
+    from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
+
+    cfg = RlhfConfig(algorithm="grpo", checkpoints=tmp_path / "ckpt", max_steps=4, batch_size=4, num_generations=2,
+                     lr=5.0e-2, max_completion_length=8, max_length=64, max_kl=-1.0)      # any KL trips it
+    data = RlhfData(sft=tiny_model_dir, reward=reward_dir, prompts=PROMPTS, pairs=[])
+    with mlflow.start_run():
+        facts = train_policy(cfg, data, seed=0, output_dir=tmp_path / "policy")
+    assert facts["stopped_early"] and facts["steps"] < 4
+
+
+def test_rlhf_config_guards():
+    from chatforge.rlhf import RlhfConfig
+
+    with pytest.raises(ValueError, match="beta"):
+        RlhfConfig(algorithm="grpo", beta=0.0)
+    with pytest.raises(ValueError, match="multiple of 'num_generations'"):
+        RlhfConfig(algorithm="rloo", batch_size=6, num_generations=4)
+    RlhfConfig(algorithm="dpo", beta=0.0)                         # dpo has its own beta
+
+
+def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
+    from chatforge.rlhf_eval import EvalSettings, evaluate_policy
+
+    settings = EvalSettings(max_prompts=4, samples_per_prompt=2, max_new_tokens=6, max_length=64)
+    report = evaluate_policy(tiny_model_dir, tiny_model_dir, reward_dir, reward_dir, PROMPTS, settings, seed=3)
+    # Same model, same seed: identical samples, so no KL, equal rewards, every comparison a tie.
+    assert abs(report["kl"]) < 1e-4 and report["win_rate"] == 0.5 and report["proxy_win_rate"] == 0.5
+    assert report["reward_sft"] == pytest.approx(report["reward_policy"])
+    assert report["length_sft"] == report["length_policy"] > 0
+    assert 0 < report["distinct2_policy"] <= 1 and report["eval_samples"] == 8
+
+
+def test_eval_helpers():
+    from chatforge.rlhf_eval import distinct_2, length_residuals, win_rate
+
+    assert distinct_2([[1, 2, 1, 2], [3, 4]]) == pytest.approx(3 / 4)
+    assert win_rate([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)
+    resid, slope = length_residuals([1.0, 2.0, 3.0, 4.0], [10, 20, 30, 40])
+    assert slope == pytest.approx(0.1) and max(resid) - min(resid) < 1e-9     # all of it was length
