@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from chatforge.config import field_help
 from chatforge.conversation import fit_prompt
+from chatforge.ppo import PPOConfig
 from chatforge.rlhf_eval import EvalSettings
 from chatforge.training import training_args
 
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RlhfConfig:
-    algorithm: Literal["grpo", "rloo", "dpo"] = field_help(
-        "grpo", "grpo / rloo (online, reward model as reward) or dpo (offline pairs); see README for the comparison")
+    algorithm: Literal["grpo", "rloo", "dpo", "ppo"] = field_help(
+        "grpo", "grpo / rloo (TRL, online, reward model as reward), dpo (TRL, offline pairs) or ppo "
+        "(chatforge.ppo, InstructGPT-style); see README for the comparison")
     sft: Path = field_help(Path("models/sft"), "policy start and KL reference (a saved model directory)")
     reward: Path = field_help(Path("models/reward"), "reward model optimised by grpo/rloo")
     judge: Path = field_help(Path("models/judge"), "held-out judge: evaluation only, never a training signal")
@@ -62,6 +64,7 @@ class RlhfConfig:
     max_prompts: int = field_help(0, "use at most this many training prompts (0 = all)")
     logging_steps: int = field_help(1, "log reward/KL every N steps (1: every step)")
     evaluation: EvalSettings = field_help(EvalSettings(), "held-out comparison with the SFT model")
+    ppo: PPOConfig = field_help(PPOConfig(), "settings of algorithm: ppo (the keys above apply to grpo/rloo/dpo)")
 
     def __post_init__(self) -> None:
         if self.algorithm in ("grpo", "rloo"):
@@ -236,6 +239,21 @@ def fit_prompts(prompts: list[list[dict[str, str]]], tokenizer, cfg: RlhfConfig)
     return kept
 
 
+def train_ppo_policy(cfg: RlhfConfig, data: RlhfData, output_dir: Path) -> dict[str, Any]:
+    """algorithm: ppo, our own InstructGPT-style PPO; per-step metrics go to the active MLflow run."""
+    import mlflow
+
+    from chatforge.ppo import train_ppo
+
+    def log_step(metrics: dict[str, float], step: int) -> None:
+        if mlflow.active_run():
+            mlflow.log_metrics(metrics, step=step)
+
+    summary = train_ppo(data.sft, data.reward, data.prompts, cfg.ppo, output_dir,
+                        checkpoint_dir=cfg.checkpoints, log_fn=log_step)
+    return {**summary, "train_prompts": len(data.prompts), "train_pairs": 0}
+
+
 def train_policy(cfg: RlhfConfig, data: RlhfData, seed: int, output_dir: Path) -> dict[str, Any]:
     """Run ``cfg.algorithm``; save the policy with its tokenizer to ``output_dir``; return training facts."""
     from chatforge.tokenizer import load_tokenizer
@@ -244,6 +262,8 @@ def train_policy(cfg: RlhfConfig, data: RlhfData, seed: int, output_dir: Path) -
     data.prompts = fit_prompts(data.prompts[: cfg.max_prompts] if cfg.max_prompts else data.prompts, tokenizer, cfg)
     if cfg.algorithm != "dpo" and not data.prompts:
         raise ValueError(f"{cfg.prompts}: no training prompts fit max_length {cfg.max_length}")
+    if cfg.algorithm == "ppo":
+        return train_ppo_policy(cfg, data, output_dir)
     guard = kl_guard(cfg.max_kl)
     trainer = ALGORITHMS[cfg.algorithm](cfg, data, seed, tokenizer, [guard])
     result = trainer.train()

@@ -50,16 +50,19 @@ def weights(path):
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "dpo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "dpo", "ppo"])
 def test_algorithm_updates_policy_and_logs_reward_and_kl(algorithm, tmp_path, tiny_model_dir, reward_dir,
                                                          mlflow_uri):
     import mlflow
     import torch
 
+    from chatforge.ppo import PPOConfig
     from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
 
+    ppo = PPOConfig(steps=3, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=8, lr=1.0e-2, save_every=0)
     cfg = RlhfConfig(algorithm=algorithm, checkpoints=tmp_path / "ckpt", max_steps=3, batch_size=4,
-                     num_generations=2, lr=1.0e-2, max_completion_length=8, max_length=64, normalization_samples=4)
+                     num_generations=2, lr=1.0e-2, max_completion_length=8, max_length=64, normalization_samples=4,
+                     ppo=ppo)
     data = RlhfData(sft=tiny_model_dir, reward=reward_dir, prompts=PROMPTS * 2, pairs=PAIRS)
     with mlflow.start_run() as run:
         facts = train_policy(cfg, data, seed=0, output_dir=tmp_path / "policy")
