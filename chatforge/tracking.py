@@ -87,9 +87,8 @@ def git_commit(root: Path | None = None) -> str:
 
 
 def numeric_metrics(data: Any, prefix: str = "") -> dict[str, float]:
-    """The numbers in a (nested) report, flattened to ``a.b`` keys, for mlflow.log_metrics."""
-    return {k: float(v) for k, v in flatten(data, prefix).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numbers in a (nested) report, flattened to ``a.b`` keys, for mlflow.log_metrics (bools as 0/1)."""
+    return {k: float(v) for k, v in flatten(data, prefix).items() if isinstance(v, (int, float))}
 
 
 class StageRun:
