@@ -15,6 +15,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run_command", "run the whole pipeline (DVC stages through the Prefect flow)"),
+    "clean": ("chatforge.cleaning.cli", "clean .txt/.html/.jsonl files: boilerplate, PII, quality filters, dedup"),
 }
 
 

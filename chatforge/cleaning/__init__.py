@@ -1,0 +1,1 @@
+"""Web-text cleaning for English and Chinese: normalisation, boilerplate lines, PII, quality filters, dedup."""

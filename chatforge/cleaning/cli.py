@@ -1,0 +1,56 @@
+"""``chatforge clean INPUT... -o DIR``: the document cleaning pipeline on any .txt/.html/.jsonl files.
+
+A .txt or .html file is one document; a .jsonl file holds documents ({"text": ...}). Writes
+DIR/kept.jsonl, DIR/rejected.jsonl (unreadable records and dropped documents, each with its
+reason) and DIR/stats.json. Thresholds come from params.yaml's clean_data.cleaning when it
+exists (or --params FILE), else the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", type=Path, help=".txt, .html or .jsonl files or folders")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="read clean_data.cleaning from this file if it exists (default params.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from chatforge.cleaning.pipeline import CleaningConfig, clean_documents
+    from chatforge.config import build_dataclass, read_params
+    from chatforge.ingest import read_path
+    from chatforge.jsonl import InputError, Rejected, write_json, write_jsonl
+    from chatforge.records import RecordError, normalize_document
+
+    cfg = CleaningConfig()
+    if args.params.exists():
+        section = (read_params(args.params).get("clean_data") or {}).get("cleaning")
+        if section is not None:
+            cfg = build_dataclass(CleaningConfig, section, str(args.params), "clean_data.cleaning")
+    docs, rejected = [], []
+    try:
+        for path in args.inputs:
+            for file, (line, item) in read_path(path):
+                if isinstance(item, Rejected):
+                    rejected.append(item)
+                    continue
+                try:
+                    docs.append(normalize_document(item, str(file)))
+                except RecordError as err:
+                    rejected.append(Rejected(str(file), line, str(err), item))
+    except InputError as err:
+        print(f"chatforge clean: {err}")
+        return 2
+    result = clean_documents(docs, cfg)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.output / "kept.jsonl", result.kept)
+    write_jsonl(args.output / "rejected.jsonl", rejected + result.rejected)
+    stats = {**result.stats(), "unreadable": len(rejected)}
+    write_json(args.output / "stats.json", stats)
+    print(json.dumps({k: stats[k] for k in ("in", "out", "unreadable", "drops", "pii", "duplicates")}, ensure_ascii=False))
+    return 0

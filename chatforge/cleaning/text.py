@@ -1,0 +1,51 @@
+"""Text normalisation before any filter: HTML to main text, Unicode repair, NFKC, whitespace.
+
+NFKC folds full-width Latin letters and digits to ASCII (so PII patterns match ``１３８...``),
+and keeps CJK characters; ftfy repairs mojibake. HTML pages go through trafilatura, which
+keeps the main text and drops most navigation (favour_precision, as FineWeb does).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_HTML_SNIFF = re.compile(r"(?is)^\s*(?:<!doctype html|<html|<head|<body)|</(?:p|div|body|html)>")
+_SPACES = re.compile(r"[ \t\u00a0\u3000\u2000-\u200b]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def looks_like_html(text: str, source: str = "") -> bool:
+    return source.lower().endswith((".html", ".htm")) or bool(_HTML_SNIFF.search(text[:5000]))
+
+
+def html_to_text(html: str) -> str:
+    """Main text of a page ('' when trafilatura finds none; broken HTML is parsed leniently)."""
+    import trafilatura
+
+    text = trafilatura.extract(html, favor_precision=True, include_comments=False, include_tables=False,
+                               deduplicate=True)
+    return text or ""
+
+
+def normalize_text(text: str) -> str:
+    """ftfy repair, NFKC, one space for runs of spaces, at most one blank line, trimmed lines."""
+    import ftfy
+
+    text = ftfy.fix_text(text, normalization="NFKC")
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def cjk_ratio(text: str) -> float:
+    """Share of CJK characters among CJK + Latin letters (0 for text with neither)."""
+    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    return cjk / (cjk + latin) if cjk + latin else 0.0
+
+
+def detect_language(text: str, zh_threshold: float = 0.3) -> str:
+    """'zh' or 'en' by script share: an offline stand-in for fastText language id on our two languages."""
+    return "zh" if cjk_ratio(text) >= zh_threshold else "en"
