@@ -158,13 +158,13 @@ def read_text_file(path: Path) -> Iterator[Item]:
     raw = path.read_bytes()
     if not raw.strip():
         raise InputError(f"{path}: file is empty")
+    if b"\x00" in raw:
+        yield 1, Rejected(str(path), 1, "binary file (contains NUL bytes)", raw[:200].decode("utf-8", "replace"))
+        return
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         yield 1, Rejected(str(path), 1, f"not UTF-8 ({err.reason} at byte {err.start})", raw[:200].decode("utf-8", "replace"))
-        return
-    if "\x00" in text:
-        yield 1, Rejected(str(path), 1, "binary file (contains NUL bytes)", text[:200])
         return
     yield 1, {"id": f"file-{hashlib.sha1(str(path).encode()).hexdigest()[:12]}", "text": text, "source": str(path)}
 

@@ -63,6 +63,9 @@ def redact(text: str, counts: Counter | None = None) -> str:
                 return m.group(0)
             if counts is not None:
                 counts[name.lower()] += 1
+            if name == "URL":                     # sentence punctuation after a URL is not part of it
+                whole = m.group(0)
+                return f"<{name}>" + whole[len(whole.rstrip(".,;:!?")):]
             if group == 0:
                 return f"<{name}>"
             start, end = m.span(group)

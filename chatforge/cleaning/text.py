@@ -1,7 +1,8 @@
 """Text normalisation before any filter: HTML to main text, Unicode repair, NFKC, whitespace.
 
 NFKC folds full-width Latin letters and digits to ASCII (so PII patterns match ``１３８...``),
-and keeps CJK characters; ftfy repairs mojibake. HTML pages go through trafilatura, which
+and keeps CJK characters; full-width CJK punctuation (，。！？：；（）) is kept as it is, as datatrove's
+FTFYFormatter does with ``fix_character_width=False``; ftfy repairs mojibake. HTML pages go through trafilatura, which
 keeps the main text and drops most navigation (favour_precision, as FineWeb does).
 """
 
@@ -13,6 +14,8 @@ import unicodedata
 _HTML_SNIFF = re.compile(r"(?is)^\s*(?:<!doctype html|<html|<head|<body)|</(?:p|div|body|html)>")
 _SPACES = re.compile(r"[ \t\u00a0\u3000\u2000-\u200b]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Full-width punctuation that NFKC would fold to ASCII but Chinese text should keep.
+_CJK_PUNCT = re.compile(r"([\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65])")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN = re.compile(r"[A-Za-z]")
 
@@ -34,8 +37,10 @@ def normalize_text(text: str) -> str:
     """ftfy repair, NFKC, one space for runs of spaces, at most one blank line, trimmed lines."""
     import ftfy
 
-    text = ftfy.fix_text(text, normalization="NFKC")
-    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = ftfy.fix_text(text, normalization=None, fix_character_width=False)
+    parts = _CJK_PUNCT.split(text)                       # odd indices: protected punctuation
+    text = "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", text).strip()
 

@@ -1,0 +1,219 @@
+"""clean_data: dirty Chinese and English pages come out as their article, PII becomes placeholders,
+duplicates go, bad input is reported and nothing is lost."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from chatforge.cleaning.boilerplate import Boilerplate, BoilerplateConfig
+from chatforge.cleaning.dedup import DedupConfig, MinHashLSH
+from chatforge.cleaning.pii import redact, valid_id_card
+from chatforge.cleaning.pipeline import CleaningConfig, clean_documents, clean_records
+
+ZH_ARTICLE = [
+    "ChatGPT 是 OpenAI 开发的大型语言模型聊天机器人，它通过人类反馈强化学习进行训练，可以回答问题、写作和翻译。",
+    "它的训练分为三个阶段：首先在大量文本上进行预训练，让模型学会预测下一个词；然后在人工编写的对话上进行监督微调。",
+    "最后，标注人员对模型的多个回答进行排序，用这些数据训练一个奖励模型，再用强化学习让模型的回答得到更高的奖励。",
+    "这种方法被称为基于人类反馈的强化学习，它让模型的回答更有帮助，也更安全，是 ChatGPT 成功的关键之一。",
+    "与此同时，研究人员也发现模型有时会编造事实，因此在使用时仍然需要人工核实重要的信息和数据。",
+]
+ZH_PAGE = "\n".join([
+    "<html><head><title>ChatGPT是什么</title></head><body>",
+    '<div class="nav">当前位置: 首页 > news > 正文</div>',
+    '<div class="login"><a href="/login">登录</a> | <a href="/reg">注册</a></div>',
+    "<article><h1>ChatGPT是什么？一文读懂</h1>",
+    *[f"<p>{p}</p>" for p in ZH_ARTICLE[:2]],
+    "<p>在这里插入图片描述</p>",
+    *[f"<p>{p}</p>" for p in ZH_ARTICLE[2:]],
+    "<p>限时特价 原价¥999 现价¥199 加微信 chatgpt_vip 咨询</p>",
+    "<p>投稿邮箱：12345678@qq.com</p>",
+    "<p>版权声明：本文为博主原创文章，转载请附上原文出处链接。</p>",
+    "<p>相关文章</p><p>GPT-4 发布了</p><p>如何注册 ChatGPT 账号</p><p>十个 AI 写作工具推荐</p>",
+    "</article></body></html>",
+])
+EN_ARTICLE = [
+    "Reinforcement learning from human feedback is the recipe behind modern chat assistants, and it has three steps.",
+    "First a language model is pretrained on a large corpus of text to predict the next token of every document.",
+    "Then it is fine-tuned on conversations written by people, so that it learns to answer in the assistant's turn.",
+    "Finally people rank several answers, a reward model is trained on those rankings, and the policy is optimised.",
+    "The result is a model that follows instructions better, although it can still make up facts with confidence.",
+]
+EN_PAGE = "\n".join([
+    "Home > Blog > AI", "Log in", "Sign up", "What is RLHF?", *EN_ARTICLE,
+    "Buy now for $19.99 - free shipping!", "Contact the author at jane.doe@example.com or +1 (555) 123-4567.",
+    "Copyright 2024 Example Inc. All rights reserved.", "You may also like", "Ten facts about GPT",
+    "How transformers work",
+])
+
+
+def clean_one(text, source="page.html"):
+    result = clean_documents([{"id": "d1", "text": text, "source": source}], CleaningConfig())
+    return result
+
+
+def test_dirty_chinese_page_keeps_the_article_only():
+    result = clean_one(ZH_PAGE)
+    assert len(result.kept) == 1, result.rejected
+    text = result.kept[0]["text"]
+    for paragraph in ZH_ARTICLE:
+        assert paragraph in text
+    for junk in ("当前位置", "登录", "在这里插入图片描述", "¥199", "chatgpt_vip", "qq.com", "版权声明", "相关文章",
+                 "GPT-4 发布了", "如何注册"):
+        assert junk not in text
+    assert result.kept[0]["lang"] == "zh"
+
+
+def test_dirty_english_page_keeps_the_article_only():
+    result = clean_one(EN_PAGE, source="page.txt")
+    assert len(result.kept) == 1, result.rejected
+    text = result.kept[0]["text"]
+    for paragraph in EN_ARTICLE:
+        assert paragraph in text
+    for junk in ("Home > Blog", "Log in", "$19.99", "Copyright", "You may also like", "Ten facts"):
+        assert junk not in text
+    assert "<EMAIL>" in text and "<PHONE>" in text and "jane.doe" not in text
+
+
+@pytest.mark.parametrize("text,expected,kind", [
+    ("邮箱zhang.san@qq.com", "邮箱<EMAIL>", "email"),
+    ("write to a.b+c@mail.example.org today", "write to <EMAIL> today", "email"),
+    ("手机13812345678联系", "手机<PHONE>联系", "phone"),
+    ("call +86 139-1234-5678 now", "call <PHONE> now", "phone"),
+    ("电话(010)12345678", "电话<PHONE>", "phone"),
+    ("热线400-123-4567", "热线<PHONE>", "phone"),
+    ("call +44 20 7946 0958", "call <PHONE>", "phone"),
+    ("加微信: chatgpt_2023 领取", "加微信: <WECHAT> 领取", "wechat"),
+    ("WeChat ID wxid_abc123", "WeChat ID <WECHAT>", "wechat"),
+    ("QQ号：123456789", "QQ号：<QQ>", "qq"),
+    ("身份证号11010519491231002X", "身份证号<ID_CARD>", "id_card"),
+    ("server 8.8.8.8 is up", "server <IP> is up", "ip"),
+    ("访问https://example.com/a?b=1了解更多", "访问<URL>了解更多", "url"),
+    ("see www.example.cn.", "see <URL>.", "url"),
+])
+def test_pii_types(text, expected, kind):
+    counts = Counter()
+    assert redact(text, counts) == expected and counts[kind] == 1
+
+
+@pytest.mark.parametrize("text", [
+    "原价¥299，现价199元，2023年5月3日发布", "The price is $1,299.99 in 2024 (since 1999).",
+    "order 20231234567890 shipped", "private 192.168.1.1 and version 1.2.3.4.5", "身份证11010519491231002Y",
+    "QQ音乐有123首歌", "Call me at 10 or 11 tomorrow",
+])
+def test_not_pii_stays(text):
+    assert redact(text) == text
+
+
+def test_id_card_check_digit():
+    assert valid_id_card("11010519491231002X") and not valid_id_card("110105194912310021")
+
+
+@pytest.mark.parametrize("line,rule", [
+    ("当前位置: 首页 > 新闻 > 正文", "breadcrumb"), ("您的位置：网站首页 > 科技", "breadcrumb"),
+    ("Home > Blog > AI", "breadcrumb"), ("版权所有 © 2024 某某科技有限公司", "footer"),
+    ("京ICP备12345678号-1", "footer"), ("Copyright 2024 Example Inc.", "footer"), ("Privacy Policy", "footer"),
+    ("分享到：微博 微信 QQ空间", "share_login"), ("登录 | 注册", "share_login"), ("Sign up", "share_login"),
+    ("扫描二维码关注我们", "share_login"), ("在这里插入图片描述", "image_placeholder"),
+    ("限时秒杀 ¥99 包邮", "ad"), ("Buy now for $19.99 - free shipping!", "ad"),
+])
+def test_boilerplate_rules(line, rule):
+    counts = Counter()
+    out = Boilerplate(BoilerplateConfig()).clean(f"{line}\nA real sentence that stays in the article.", counts)
+    assert out == "A real sentence that stays in the article." and counts[rule] == 1
+
+
+def test_long_lines_and_non_title_tails_stay():
+    b = Boilerplate(BoilerplateConfig())
+    long_line = "This article explains why the copyright of training data matters for people who log in " \
+                "to websites every day, and what the courts said."
+    assert b.clean(long_line) == long_line
+    text = "Intro.\nRelated articles\n" + "A long paragraph that is part of the article and not a title at all, " * 3
+    assert b.clean(text) == text                               # the marker is followed by prose, not titles
+
+
+def test_exact_and_near_duplicates():
+    base = " ".join(EN_ARTICLE)
+    docs = [{"id": "a", "text": base}, {"id": "b", "text": base}, {"id": "c", "text": base.replace("three", "3")},
+            {"id": "d", "text": " ".join(reversed(EN_ARTICLE[:3])) + " A different ending entirely here."}]
+    result = clean_documents(docs, CleaningConfig())
+    assert [d["id"] for d in result.kept] == ["a", "d"]
+    assert {r.record["id"]: r.reason for r in result.rejected} == {"b": "exact_duplicate", "c": "near_duplicate"}
+    zh = MinHashLSH(DedupConfig())
+    assert zh.seen("x", ZH_ARTICLE[0] + ZH_ARTICLE[1], "zh") is None
+    assert zh.seen("y", ZH_ARTICLE[0] + ZH_ARTICLE[1].replace("。", "！"), "zh") == "x"
+
+
+def test_other_kinds_get_pii_and_dedup_and_identical_pairs_are_rejected():
+    prefs = [{"id": "p1", "prompt": [{"role": "user", "content": "mail?"}], "chosen": "a@b.com", "rejected": "c@d.com"},
+             {"id": "p2", "prompt": [{"role": "user", "content": "hi"}], "chosen": "hello", "rejected": "bye"}]
+    result = clean_records("preferences", prefs, CleaningConfig())
+    assert [p["id"] for p in result.kept] == ["p2"]
+    assert result.rejected[0].reason == "chosen_equals_rejected_after_cleaning" and result.pii["email"] == 2
+    conv = {"messages": [{"role": "user", "content": "my number is 13812345678"}, {"role": "assistant", "content": "ok"}]}
+    result = clean_records("conversations", [{"id": "c1", **conv}, {"id": "c2", **conv}], CleaningConfig())
+    assert result.kept[0]["messages"][0]["content"] == "my number is <PHONE>"
+    assert [r.reason for r in result.rejected] == ["exact_duplicate"]
+
+
+def test_cli_handles_bad_input_and_loses_nothing(tmp_path, capsys):
+    from flows.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "page.html").write_text(ZH_PAGE)
+    (inputs / "en.txt").write_text(EN_PAGE)
+    (inputs / "binary.txt").write_bytes(b"\x00\x01\x02\xff" * 100)
+    (inputs / "broken.html").write_text("<html><body><p>unclosed <b>tags and <div> nothing else")
+    (inputs / "huge.jsonl").write_text(json.dumps({"text": "word " * 2_100_000}) + "\n" + "{not json\n")
+    assert main(["clean", str(inputs), "-o", str(tmp_path / "out"), "--params", str(tmp_path / "none.yaml")]) == 0
+    kept = [json.loads(l) for l in (tmp_path / "out/kept.jsonl").read_text().splitlines()]
+    rejected = [json.loads(l) for l in (tmp_path / "out/rejected.jsonl").read_text().splitlines()]
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    assert len(kept) == 2 and {k["lang"] for k in kept} == {"zh", "en"}
+    where = lambda r: (r["record"] or {}).get("source") if r["source"] in ("", "documents") else r["source"]
+    reasons = {(where(r).split("/")[-1], r["reason"].split(" (")[0].split(":")[0]) for r in rejected}
+    assert reasons == {("binary.txt", "binary file"), ("huge.jsonl", "invalid JSON"), ("huge.jsonl", "too_long"),
+                       ("broken.html", "too_short")}     # broken HTML parses; its text is too short
+    assert stats["in"] + stats["unreadable"] == len(kept) + len(rejected) == 6
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["clean", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "out2")]) == 2
+    assert "empty.txt: file is empty" in capsys.readouterr().out
+
+
+def test_stage_end_to_end_and_validation_failure(tmp_path, monkeypatch, mlflow_uri):
+    from chatforge.cleaning.validate import ValidationFailed, validate_outputs
+    from stages.clean_data import main
+
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "data/raw"
+    raw.mkdir(parents=True)
+    write = lambda name, recs: (raw / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    write("documents.jsonl", [{"id": "d1", "text": ZH_PAGE, "source": "a.html", "split": "train"},
+                              {"id": "d2", "text": EN_PAGE, "source": "b.txt", "split": "validation"},
+                              {"id": "d3", "text": EN_PAGE, "source": "c.txt", "split": "train"}])
+    write("conversations.jsonl", [{"id": "c1", "split": "train", "messages": [
+        {"role": "user", "content": "email me at x@y.com"}, {"role": "assistant", "content": "sure"}]}])
+    write("preferences.jsonl", [{"id": "p1", "split": "train", "prompt": [{"role": "user", "content": "hi"}],
+                                 "chosen": "hello there", "rejected": "go away"}])
+    write("prompts.jsonl", [{"id": "q1", "split": "train", "messages": [{"role": "user", "content": "hi"}]}])
+    (tmp_path / "params.yaml").write_text("clean_data: {}\n")
+    main([])
+    report = json.loads((tmp_path / "reports/clean.json").read_text())
+    assert report["documents"] == {"in": 3, "out": 2} and report["duplicates"] == 1
+    assert report["drops"] == {"exact_duplicate": 1} and report["pii"]["email"] == 4   # 3 pages + 1 conversation
+    assert report["validation"]["success"] and report["bytes"]["out"] < report["bytes"]["in"]
+    clean_docs = [json.loads(l) for l in (tmp_path / "data/clean/documents.jsonl").read_text().splitlines()]
+    assert [d["split"] for d in clean_docs] == ["train", "validation"]
+    rejected = [json.loads(l) for l in (tmp_path / "data/rejected/clean_data.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejected] == ["exact_duplicate"]
+    assert "filter,dropped\nexact_duplicate,1\n" == (tmp_path / "reports/clean_drops.csv").read_text()
+
+    bad = {"documents": [{"id": "d", "text": "write to leak@example.com"}], "conversations": [
+        {"id": "c", "messages": [{"role": "wizard", "content": "hi"}]}], "preferences": [], "prompts": []}
+    with pytest.raises(ValidationFailed) as err:
+        validate_outputs(bad, 1000, tmp_path / "gx.json")
+    message = str(err.value)
+    assert "documents: ExpectColumnValuesToNotMatchRegexList(text) failed on 1 rows" in message
+    assert "messages: ExpectColumnValuesToBeInSet(role) failed on 1 rows" in message and "wizard" in message
+    assert json.loads((tmp_path / "gx.json").read_text())["documents"]
