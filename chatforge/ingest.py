@@ -5,7 +5,7 @@ Sources (``prepare_data.sources`` in params.yaml):
 
 - ``chitchat``: the chitchat-dataset package (7,168 human conversations, MIT), read from its
   installed ``dataset.json``; nothing is downloaded.
-- ``path``: files or folders of ``.jsonl`` (records of any kind, see chatforge.records), ``.txt``
+- ``path``: files or folders of ``.jsonl``/``.jsonl.gz`` (records of any kind, see chatforge.records), ``.txt``
   (one document per file) and ``.html``/``.htm`` (one raw page per file; clean_data extracts text).
 - ``hf``: a Hugging Face dataset by hub name or local path, through ``datasets.load_dataset``.
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 Split = Literal["train", "validation"]
 TEXT_SUFFIXES = {".txt": "text", ".html": "html", ".htm": "html"}
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+DERIVED = "derived"      # rejects 'source' for records derived from an accepted conversation
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,10 @@ def iter_files(path: Path) -> list[Path]:
         raise InputError(f"{path}: no such file or folder")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.name.endswith(JSONL_SUFFIXES)))
     if not files:
-        raise InputError(f"{path}: folder has no .jsonl, .txt or .html files")
+        raise InputError(f"{path}: folder has no .jsonl, .jsonl.gz, .txt or .html files")
     return files
 
 
@@ -168,12 +171,12 @@ def read_text_file(path: Path) -> Iterator[Item]:
 
 def read_path(path: Path) -> Iterator[tuple[Path, Item]]:
     for file in iter_files(path):
-        if file.suffix == ".jsonl":
+        if file.name.endswith(JSONL_SUFFIXES):
             items = iter_jsonl(file)
         elif file.suffix in TEXT_SUFFIXES:
             items = read_text_file(file)
         else:
-            raise InputError(f"{file}: unsupported file type '{file.suffix}' (use .jsonl, .txt or .html)")
+            raise InputError(f"{file}: unsupported file type '{file.suffix}' (use .jsonl, .jsonl.gz, .txt or .html)")
         for item in items:
             yield file, item
 
@@ -224,17 +227,22 @@ def derive_records(conv: dict[str, Any], use: RecordKind, rng: random.Random, so
             for cut in cuts]
 
 
-def fill_rejected(pairs: list[dict[str, Any]], rng: random.Random) -> None:
-    """Next-reply pairs: the rejected reply is a real reply drawn from another conversation."""
-    conv_of = [p["id"].split("#")[0] for p in pairs]
-    for i, pair in enumerate(pairs):
-        if len(set(conv_of)) < 2:
-            raise InputError("next-reply preference pairs need at least two conversations in the pool")
-        while True:
-            j = rng.randrange(len(pairs))
-            if conv_of[j] != conv_of[i] and pairs[j]["chosen"].strip() != pair["chosen"].strip():
-                pair["rejected"] = pairs[j]["chosen"]
-                break
+def fill_rejected(pairs: list[dict[str, Any]], pool: list[str], rng: random.Random) -> list[dict[str, Any]]:
+    """Next-reply pairs: the rejected reply is a real reply drawn from another conversation.
+
+    ``pool`` holds candidate replies as "conversation id\x00reply". Returns the pairs that could
+    not be filled (no reply from another conversation exists), for the rejects file.
+    """
+    unfilled = []
+    for pair in pairs:
+        conv = pair["id"].split("#")[0]
+        chosen = pair["chosen"].strip()
+        candidates = [c for c in pool if not c.startswith(conv + "\x00") and c.split("\x00", 1)[1].strip() != chosen]
+        if candidates:
+            pair["rejected"] = rng.choice(candidates).split("\x00", 1)[1]
+        else:
+            unfilled.append(pair)
+    return unfilled
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,8 +260,9 @@ class Ingested:
                    for kind, recs in self.records.items()}
         total_in = sum(s["in"] for s in self.sources.values())
         accepted = sum(s["accepted"] for s in self.sources.values())
-        return {"records_in": total_in, "records_accepted": accepted, "records_rejected": len(self.rejected),
-                "sources": self.sources, "outputs": outputs}
+        derived = sum(r.source == DERIVED for r in self.rejected)
+        return {"records_in": total_in, "records_accepted": accepted, "records_rejected": len(self.rejected) - derived,
+                "derived_rejected": derived, "sources": self.sources, "outputs": outputs}
 
 
 def _source_items(src: SourceConfig) -> Iterator[tuple[str, Item]]:
@@ -272,6 +281,20 @@ def _source_items(src: SourceConfig) -> Iterator[tuple[str, Item]]:
         if src.limit and n >= src.limit:
             return
         yield pair
+
+
+def _fill_next_reply_pairs(out: dict[str, list[dict[str, Any]]], rejected: list[Rejected], seed: int) -> None:
+    """Draw each derived pair's rejected reply from the same split (both splits if one is too small)."""
+    derived = [p for p in out["preferences"] if p["rejected"] is None]
+    everything = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in derived]
+    for split in ("train", "validation"):
+        pairs = [p for p in derived if p["split"] == split]
+        pool = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in pairs]
+        if len({c.split("\x00")[0] for c in pool}) < 2:
+            pool = everything
+        for pair in fill_rejected(pairs, pool, random.Random(f"{seed}:{split}")):
+            out["preferences"].remove(pair)
+            rejected.append(Rejected(DERIVED, 0, "no reply from another conversation to use as 'rejected'", pair))
 
 
 def ingest(cfg: PrepareDataConfig, seed: int) -> Ingested:
@@ -318,10 +341,7 @@ def ingest(cfg: PrepareDataConfig, seed: int) -> Ingested:
                 r["split"] = split
             out[use].extend(new)
             st["accepted"] += 1
-    for split in ("train", "validation"):
-        pool = [p for p in out["preferences"] if p["rejected"] is None and p["split"] == split]
-        if pool:
-            fill_rejected(pool, random.Random(f"{seed}:{split}"))
+    _fill_next_reply_pairs(out, rejected, seed)
     for kind, recs in out.items():
         log.info("%s: %d train, %d validation", kind, sum(r["split"] == "train" for r in recs),
                  sum(r["split"] == "validation" for r in recs))

@@ -9,10 +9,12 @@ on success, so a killed stage leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,51 +38,54 @@ class Rejected:
         return {"source": self.source, "line": self.line, "reason": self.reason, "record": self.record}
 
 
-def iter_jsonl(path: Path, max_line_bytes: int = 64 << 20) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+def iter_jsonl(path: Path, max_line_bytes: int = 64 << 20,
+               allow_empty: bool = False) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
     """Yield ``(line_number, record_or_Rejected)`` for every non-blank line of ``path``.
 
     Lines that are not UTF-8, not JSON, or not a JSON object come back as ``Rejected``.
-    Raises InputError when the file is missing or has no records at all.
+    Raises InputError when the file is missing, or has no records and ``allow_empty`` is off. ``.gz`` files are
+    decompressed on the fly.
     """
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a .jsonl file")
     seen = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            seen += 1
-            if len(raw) > max_line_bytes:
-                yield lineno, Rejected(str(path), lineno, f"line longer than {max_line_bytes} bytes",
-                                       raw[:200].decode("utf-8", "replace"))
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield lineno, Rejected(str(path), lineno, f"not UTF-8 ({err.reason} at byte {err.start})",
-                                       raw[:200].decode("utf-8", "replace"))
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield lineno, Rejected(str(path), lineno, f"invalid JSON: {err.msg} at column {err.colno}",
-                                       text[:200])
-                continue
-            if not isinstance(record, dict):
-                yield lineno, Rejected(str(path), lineno, f"expected a JSON object, got {type(record).__name__}",
-                                       record)
-                continue
-            yield lineno, record
-    if seen == 0:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                seen += 1
+                yield lineno, _parse_line(path, lineno, raw, max_line_bytes)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: not a readable gzip file ({err})") from err
+    if seen == 0 and not allow_empty:
         raise InputError(f"{path}: file is empty (no records)")
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes, max_line_bytes: int) -> dict[str, Any] | Rejected:
+    if len(raw) > max_line_bytes:
+        return Rejected(str(path), lineno, f"line longer than {max_line_bytes} bytes", raw[:200].decode("utf-8", "replace"))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Rejected(str(path), lineno, f"not UTF-8 ({err.reason} at byte {err.start})",
+                        raw[:200].decode("utf-8", "replace"))
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        return Rejected(str(path), lineno, f"invalid JSON: {err.msg} at column {err.colno}", text[:200])
+    if not isinstance(record, dict):
+        return Rejected(str(path), lineno, f"expected a JSON object, got {type(record).__name__}", record)
+    return record
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """All records of a file that our own stages wrote; any bad line is an error naming it."""
     records = []
-    for lineno, item in iter_jsonl(path):
+    for lineno, item in iter_jsonl(path, allow_empty=True):
         if isinstance(item, Rejected):
             raise InputError(f"{path}:{lineno}: {item.reason}")
         records.append(item)

@@ -34,7 +34,7 @@ def dvc_stage_order(root: Path = Path(".")) -> list[str]:
     with Repo(str(root)) as repo:
         graph = repo.index.graph                                    # edge: stage -> what it depends on
         ordered = list(networkx.topological_sort(graph.reverse(copy=False)))
-        return [s.addressing for s in ordered if getattr(s, "cmd", None)]   # drop `dvc add` nodes
+        return [s.name for s in ordered if getattr(s, "cmd", None)]   # drop `dvc add` nodes
 
 
 def stage_env(parent_run_id: str | None, root: Path) -> dict[str, str]:

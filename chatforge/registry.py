@@ -1,0 +1,131 @@
+"""The MLflow model registry: register the pipeline's models and move the ``champion`` alias by a gate.
+
+Models are logged with ``mlflow.transformers.log_model`` (tokenizer included, ``pip_requirements``
+explicit because requirement inference imports torchvision, which the CPU stack lacks) and
+registered as ``chatforge-base``, ``chatforge-sft``, ``chatforge-reward`` and ``chatforge-policy``.
+Each new version gets the alias ``candidate`` and tags naming the git commit and the dvc.lock hash
+of the stage that produced it. ``champion`` moves to a new policy only when ``decide_promotion``
+says so: its held-out reward beats the current champion's (or the SFT model's when there is no
+champion) with the KL to SFT within the bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    candidate_reward: float
+    baseline_reward: float
+    baseline: str            # "champion v<N>" or "sft"
+    kl: float
+    kl_bound: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide_promotion(candidate_reward: float, baseline_reward: float, baseline: str, kl: float,
+                     kl_bound: float, min_gain: float = 0.0) -> GateDecision:
+    """Promote when the candidate's held-out reward beats the baseline's by more than ``min_gain``
+    and its KL to the SFT model is within ``kl_bound``."""
+    gain = candidate_reward - baseline_reward
+    if not kl <= kl_bound:                                   # also refuses a NaN KL
+        reason = f"KL {kl:.4f} is over the bound {kl_bound:.4f}"
+    elif not gain > min_gain:
+        reason = f"held-out reward {candidate_reward:.4f} does not beat {baseline} ({baseline_reward:.4f}) by > {min_gain}"
+    else:
+        reason = f"held-out reward {candidate_reward:.4f} beats {baseline} ({baseline_reward:.4f}) at KL {kl:.4f} <= {kl_bound}"
+        return GateDecision(True, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound)
+    return GateDecision(False, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound)
+
+
+def dvc_lock_hash(lock_file: Path, stage: str) -> str:
+    """A short hash of the stage's entry in dvc.lock (its deps, params and outs), or '' without one."""
+    import yaml
+
+    if not lock_file.exists():
+        return ""
+    entry = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).get(stage)
+    if entry is None:
+        return ""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pip_requirements() -> list[str]:
+    """The packages a served model needs, pinned to what is installed."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "tokenizers", "mlflow", "accelerate")]
+
+
+def register_model(model_dir: Path, name: str, *, tags: dict[str, str], chat: bool = True) -> RegisteredModel:
+    """Log a model directory (model + tokenizer) to the active run and register it as ``name``.
+
+    ``chat`` models are logged with task ``llm/v1/chat`` (an OpenAI-style chat ``predict``, so
+    ``mlflow models serve`` answers chat requests); the reward model as text classification.
+    The new version gets the ``candidate`` alias and ``tags``.
+    """
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if chat:
+        model, task = AutoModelForCausalLM.from_pretrained(str(model_dir)), "llm/v1/chat"
+    else:
+        model, task = AutoModelForSequenceClassification.from_pretrained(str(model_dir)), "text-classification"
+    info = mlflow.transformers.log_model(
+        {"model": model, "tokenizer": tokenizer}, name=name.removeprefix("chatforge-"), task=task,
+        pip_requirements=pip_requirements(), registered_model_name=name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    log.info("registered %s version %s (alias %s)", name, version, CANDIDATE)
+    return RegisteredModel(name, version, f"models:/{name}/{version}")
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version that ``name@alias`` points at, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def apply_decision(name: str, version: str, decision: GateDecision) -> None:
+    """Move ``champion`` when the gate says so; record the decision on the version either way."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, version, "gate", "promoted" if decision.promote else "refused")
+    client.set_model_version_tag(name, version, "gate_reason", decision.reason)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        log.info("%s version %s is the new %s: %s", name, version, CHAMPION, decision.reason)
+    else:
+        log.info("%s version %s stays %s: %s", name, version, CANDIDATE, decision.reason)

@@ -1,0 +1,76 @@
+"""End to end: the whole pipeline through `chatforge run` (Prefect + DVC + MLflow) on a copy of the repo.
+
+It runs in a temporary git repo copied from this one, with the smoke profile applied, against a
+real Prefect test server and a real sqlite MLflow store, then checks dvc.lock, the outputs, the
+metrics and the parent/child runs; a second run must find every stage unchanged.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    git = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True)
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+    return dest
+
+
+def test_pipeline_runs_end_to_end_then_is_cached(tmp_path, mlflow_uri, prefect_server, capsys):
+    import mlflow
+
+    from flows.cli import main
+
+    root = copy_repo(tmp_path / "repo")
+    assert main(["run", "--root", str(root), "--profile", "smoke"]) == 0
+    stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert sorted(lock) == sorted(stages)
+
+    # outputs and their reports
+    prepare = json.loads((root / "reports/prepare_data.json").read_text())
+    assert prepare["records_in"] == 300
+    for kind in ("documents", "conversations", "preferences", "prompts"):
+        assert (root / "data/raw" / f"{kind}.jsonl").stat().st_size > 0
+
+    # MLflow: one parent run, a child per stage, with the stage's metrics
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("chatforge")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 1
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert sorted(children) == sorted(stages)
+    assert children["prepare_data"].data.metrics["records_in"] == 300
+    assert parents[0].data.metrics["stages_ran"] == len(stages)
+
+    # a second run re-runs nothing
+    capsys.readouterr()
+    assert main(["run", "--root", str(root)]) == 0
+    assert "unchanged (cached)" in capsys.readouterr().out
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    assert runs[0].info.run_name == "pipeline" and runs[0].data.metrics["stages_cached"] == len(stages)
+    assert runs[0].data.metrics["stages_ran"] == 0

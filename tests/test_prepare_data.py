@@ -1,0 +1,171 @@
+"""prepare_data: every input format, determinism, disjoint uses, and bad input that is never lost."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from chatforge.ingest import PrepareDataConfig, SourceConfig, ingest
+from chatforge.jsonl import InputError, read_jsonl
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+
+def config(*sources, **kw):
+    return PrepareDataConfig(sources=list(sources), **kw)
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_bytes(b"".join((l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n" for l in lines))
+    return path
+
+
+def test_chitchat_is_deterministic_disjoint_and_complete():
+    cfg = config(SourceConfig(kind="chitchat", limit=400))
+    a, b = ingest(cfg, seed=1), ingest(cfg, seed=1)
+    assert a.records == b.records                              # same seed, same output
+    assert ingest(cfg, seed=2).records != a.records            # the seed matters
+    counts = a.counts()
+    assert counts["records_in"] == 400 == counts["records_accepted"] + counts["records_rejected"]
+    conv_of = lambda rec: rec["id"].split("#")[0]
+    owners = {}
+    for kind, recs in a.records.items():
+        assert recs, f"no {kind} from 400 chitchat conversations"
+        for rec in recs:
+            assert rec["split"] in ("train", "validation")
+            assert owners.setdefault(conv_of(rec), kind) == kind, "a conversation feeds two uses"
+    # chitchat's one-message conversations (nobody replied) are rejected with a reason, not dropped
+    assert all(r.reason == "conversation has no assistant turn" or "empty" in r.reason for r in a.rejected)
+    # next-reply pairs: chosen is the real reply; rejected is another conversation's reply
+    replies = {}
+    for pref in a.records["preferences"]:
+        replies.setdefault(pref["chosen"], conv_of(pref))
+    for pref in a.records["preferences"]:
+        assert pref["prompt"][-1]["role"] == "user" and pref["chosen"] != pref["rejected"]
+        assert replies.get(pref["rejected"], "other") != conv_of(pref)
+    for prompt in a.records["prompts"]:
+        assert prompt["messages"][-1]["role"] == "user"
+
+
+def test_every_file_format(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("A whole text file is one document.\nSecond line.")
+    (folder / "sub" / "page.html").write_text("<html><body><p>Raw HTML stays for clean_data.</p></body></html>")
+    write_lines(folder / "mixed.jsonl", [
+        {"id": "d1", "text": "a document", "source": "web"},
+        {"id": "c1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},      # ShareGPT
+        {"id": "p1", "prompt": [{"role": "user", "content": "x?"}], "chosen": "good", "rejected": "bad"},
+        {"prompt": "Explain DVC.", "chosen": "It versions data.", "rejected": "No."},                # TRL standard
+        {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],     # TRL conversational
+         "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]},
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+         "rejected": [{"role": "assistant", "content": "b"}]},                                       # TRL explicit prompt
+        {"id": "q1", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+    ])
+    result = ingest(config(SourceConfig(kind="path", path=str(folder))), seed=0)
+    assert not result.rejected
+    r = result.records
+    assert len(r["documents"]) == 3 and len(r["conversations"]) == 2 and len(r["prompts"]) == 1
+    assert len(r["preferences"]) == 4
+    texts = {d["text"] for d in r["documents"]}
+    assert any(t.startswith("<html>") for t in texts)
+    trl = next(p for p in r["preferences"] if p["chosen"] == "4")
+    assert trl["prompt"] == [{"role": "user", "content": "2+2?"}] and trl["rejected"] == "5"
+    assert r["conversations"][1]["messages"][0] == {"role": "user", "content": "q"}
+
+
+@pytest.mark.skipif(not HH_FILE.exists(), reason="shared HH data not present")
+def test_anthropic_hh_file():
+    result = ingest(config(SourceConfig(kind="path", path=str(HH_FILE), limit=300)), seed=0)
+    counts = result.counts()
+    assert counts["records_in"] == 300 == counts["records_accepted"] + counts["records_rejected"]
+    prefs = result.records["preferences"]
+    assert len(prefs) > 250
+    for p in prefs:
+        assert p["prompt"][0]["role"] == "user" and p["prompt"][-1]["role"] == "user"
+        assert "\n\nHuman:" not in p["chosen"] and p["chosen"] != p["rejected"]
+    for rej in result.rejected:                                   # real HH has a few odd pairs
+        assert rej.source.endswith(".jsonl.gz") and rej.line > 0 and rej.reason
+
+
+def test_bad_records_go_to_rejects_with_line_and_reason(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [
+        {"id": "ok", "text": "fine"},
+        b'{"id": "broken", "text": ',                                      # line 2: not JSON
+        {"id": "x", "text": 42},                                           # line 3: wrong type
+        {"id": "y"},                                                       # line 4: no fields of any kind
+        b'{"id": "z", "text": "caf\xe9"}',                                 # line 5: Latin-1, not UTF-8
+        b"[1, 2]",                                                         # line 6: not an object
+        {"chosen": "same", "rejected": "same", "prompt": "p"},             # line 7: identical replies
+        {"id": "ok", "text": "duplicate id"},                              # line 8: duplicate id
+        {"messages": [{"role": "wizard", "content": "hi"}]},               # line 9: bad role
+    ])
+    result = ingest(config(SourceConfig(kind="path", path=str(path))), seed=0)
+    reasons = {r.line: r.reason for r in result.rejected}
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert "invalid JSON" in reasons[2] and "'text' must be a string" in reasons[3]
+    assert "cannot tell the record's kind" in reasons[4] and "not UTF-8" in reasons[5]
+    assert "expected a JSON object" in reasons[6] and "identical" in reasons[7]
+    assert "duplicate id" in reasons[8] and "role must be one of" in reasons[9]
+    counts = result.counts()
+    assert counts["records_in"] == 9 and counts["records_accepted"] == 1 and counts["records_rejected"] == 8
+
+
+def test_binary_and_non_utf8_text_files_are_rejected_not_lost(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02binary")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    result = ingest(config(SourceConfig(kind="path", path=str(tmp_path))), seed=0)
+    assert {Path(r.source).name: r.reason.split(" (")[0] for r in result.rejected} == {
+        "bin.txt": "binary file", "latin.txt": "not UTF-8"}
+
+
+def test_unreadable_inputs_are_clear_errors(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(InputError, match=r"empty.jsonl: file is empty"):
+        ingest(config(SourceConfig(kind="path", path=str(tmp_path / "empty.jsonl"))), seed=0)
+    with pytest.raises(InputError, match=r"missing: no such file or folder"):
+        ingest(config(SourceConfig(kind="path", path=str(tmp_path / "missing"))), seed=0)
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match=r"bad.jsonl.gz: not a readable gzip file"):
+        ingest(config(SourceConfig(kind="path", path=str(tmp_path / "bad.jsonl.gz"))), seed=0)
+
+
+def test_hugging_face_dataset_from_local_path(tmp_path):
+    folder = tmp_path / "hfdata"
+    folder.mkdir()
+    rows = [{"content": f"document number {i}", "url": f"u{i}"} for i in range(20)]
+    write_lines(folder / "train.jsonl", rows)
+    src = SourceConfig(kind="hf", path=str(folder), hf_split="train", text_field="content", data_kind="documents")
+    result = ingest(config(src, validation_fraction=0.25), seed=0)
+    docs = result.records["documents"]
+    assert len(docs) == 20 and {d["text"] for d in docs} == {r["content"] for r in rows}
+    assert {d["split"] for d in docs} == {"train", "validation"}
+    with pytest.raises(InputError, match="could not load split 'test'"):
+        ingest(config(SourceConfig(kind="hf", path=str(folder), hf_split="test")), seed=0)
+
+
+def test_stage_writes_outputs_report_rejects_and_mlflow_run(tmp_path, monkeypatch, mlflow_uri):
+    import mlflow
+
+    from stages.prepare_data import main
+
+    monkeypatch.chdir(tmp_path)
+    write_lines(tmp_path / "extra.jsonl", [{"text": "an extra document"}, b"{oops"])
+    (tmp_path / "params.yaml").write_text(
+        "seed: 7\nprepare_data:\n  sources:\n    - {kind: chitchat, limit: 200}\n"
+        "    - {kind: path, path: extra.jsonl}\n")
+    main([])
+    for kind in ("documents", "conversations", "preferences", "prompts"):
+        assert read_jsonl(tmp_path / "data/raw" / f"{kind}.jsonl")
+    report = json.loads((tmp_path / "reports/prepare_data.json").read_text())
+    rejects = read_jsonl(tmp_path / "data/rejected/prepare_data.jsonl")
+    assert report["records_in"] == 202 == report["records_accepted"] + report["records_rejected"]
+    assert len(rejects) == report["records_rejected"] + report["derived_rejected"]
+    assert {"source": "extra.jsonl", "line": 2} == {k: rejects[-1][k] for k in ("source", "line")}
+    run = mlflow.search_runs(experiment_names=["chatforge"], output_format="list")[0]
+    assert run.info.run_name == "prepare_data" and run.data.tags["stage"] == "prepare_data"
+    assert run.data.metrics["records_in"] == 202 and run.data.params["prepare_data.validation_fraction"] == "0.1"

@@ -1,0 +1,50 @@
+"""The registry gate, both ways, on a real sqlite MLflow registry."""
+
+import math
+
+import pytest
+
+from chatforge.registry import (CANDIDATE, CHAMPION, alias_version, apply_decision, decide_promotion,
+                                dvc_lock_hash, register_model)
+
+
+def test_decide_promotion_rules():
+    assert decide_promotion(0.5, 0.2, "sft", kl=0.1, kl_bound=1.0).promote
+    refused = decide_promotion(0.5, 0.2, "sft", kl=2.0, kl_bound=1.0)
+    assert not refused.promote and "over the bound" in refused.reason
+    assert not decide_promotion(0.2, 0.2, "champion v1", kl=0.1, kl_bound=1.0).promote      # a tie is no win
+    assert not decide_promotion(0.5, 0.2, "sft", kl=math.nan, kl_bound=1.0).promote
+    assert not decide_promotion(0.25, 0.2, "sft", kl=0.1, kl_bound=1.0, min_gain=0.1).promote
+
+
+def test_gate_promotes_then_refuses_on_real_registry(tiny_model_dir, mlflow_uri):
+    import mlflow
+
+    mlflow.set_experiment("registry-test")
+    with mlflow.start_run():
+        first = register_model(tiny_model_dir, "chatforge-policy", tags={"git_commit": "abc"})
+    assert alias_version("chatforge-policy", CANDIDATE) == first.version
+    assert alias_version("chatforge-policy", CHAMPION) is None
+    apply_decision("chatforge-policy", first.version, decide_promotion(0.4, 0.1, "sft", 0.2, 1.0))
+    assert alias_version("chatforge-policy", CHAMPION) == first.version
+
+    with mlflow.start_run():
+        second = register_model(tiny_model_dir, "chatforge-policy", tags={"git_commit": "def"})
+    decision = decide_promotion(0.3, 0.4, f"champion v{first.version}", 0.2, 1.0)
+    apply_decision("chatforge-policy", second.version, decision)
+    assert alias_version("chatforge-policy", CHAMPION) == first.version        # refused: champion stays
+    assert alias_version("chatforge-policy", CANDIDATE) == second.version
+    mv = mlflow.MlflowClient().get_model_version("chatforge-policy", second.version)
+    assert mv.tags["gate"] == "refused" and "does not beat champion" in mv.tags["gate_reason"]
+    assert mv.tags["git_commit"] == "def"
+
+    chat = mlflow.pyfunc.load_model(f"models:/chatforge-policy@{CHAMPION}")
+    answer = chat.predict({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+    assert answer[0]["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_dvc_lock_hash(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  sft:\n    cmd: python -m stages.sft\n")
+    assert len(dvc_lock_hash(lock, "sft")) == 16 and dvc_lock_hash(lock, "rlhf") == ""
+    assert dvc_lock_hash(tmp_path / "none.lock", "sft") == ""
