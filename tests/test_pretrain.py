@@ -1,0 +1,206 @@
+"""Pretraining: packing, bits per byte, checkpoints, a tiny run, SIGKILL + resume, and 2-process DDP.
+
+Every run here is a 2-layer, 32-wide Llama on a few kB of text with 32-token blocks: seconds each.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatforge.checkpoints import MARKER, last_complete_checkpoint, prepare_checkpoint_dir
+from chatforge.packing import pack_ids, packed_blocks
+from chatforge.perplexity import token_byte_lengths, unigram_counts, unigram_score
+from chatforge.pretraining import PretrainConfig, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    "How are you doing today? I'm doing well, thanks for asking!",
+    "What is your favourite book? I like reading science fiction at night.",
+    "The weather is lovely today, let's go for a walk in the park.",
+    "Did you watch the game last night? It was a great match.",
+    "I am learning to cook; yesterday I made soup for my friends.",
+    "My cat sleeps all day and plays all night.",
+    "We should meet for coffee next week if you are free.",
+    "今天天气很好，我们去公园散步吧。",
+]
+
+
+def write_documents(path: Path, n_train: int = 60, n_val: int = 12, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    records = []
+    for i in range(n_train + n_val):
+        text = "\n".join(rng.choice(SENTENCES) for _ in range(4))
+        records.append({"id": f"d{i}", "text": text, "source": "test", "split": "train" if i < n_train else "validation"})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_tokenizer):
+    """A saved tokenizer directory and a documents file with both splits."""
+    root = tmp_path_factory.mktemp("corpus")
+    tiny_tokenizer.save_pretrained(root / "tokenizer")
+    return root / "tokenizer", write_documents(root / "documents.jsonl")
+
+
+def tiny_config(root: Path, corpus, **overrides) -> PretrainConfig:
+    tok_dir, docs = corpus
+    base = dict(input=docs, tokenizer=tok_dir, output=root / "base", checkpoint_dir=root / "ckpt",
+                cache_dir=root.parent / "cache", report=root / "pretrain.json", loss_curve=root / "loss.csv",
+                val_curve=root / "val.csv", block_size=32, batch_size=4, global_batch_size=8,
+                max_tokens=16 * 8 * 32, lr=1.0e-2, warmup_fraction=0.1, logging_steps=2, eval_steps=8,
+                eval_blocks=4, save_steps=4, sample_prompts=["How are"], sample_tokens=5, num_threads=1)
+    return PretrainConfig(**{**base, **overrides})
+
+
+def final_weights(model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+def test_pack_ids_separates_documents_and_cuts_exact_blocks():
+    blocks = pack_ids([[5, 6, 7], [8], [9, 10, 11, 12]], block_size=4, bos_id=0)
+    assert blocks == [[0, 5, 6, 7], [0, 8, 0, 9]]           # the tail [10, 11, 12] is dropped
+
+
+def test_packed_blocks_are_cached(tmp_path, tiny_tokenizer):
+    texts = SENTENCES * 5
+    first = packed_blocks(texts, tiny_tokenizer, 16, tmp_path, "k1")
+    cached = sorted(p.name for p in tmp_path.glob("*.arrow"))
+    assert cached == ["blocks-k1.arrow", "tokens-k1.arrow"]
+    again = packed_blocks(texts, tiny_tokenizer, 16, tmp_path, "k1")
+    assert again["input_ids"] == first["input_ids"] and all(len(b) == 16 for b in first["input_ids"])
+    assert sorted(p.name for p in tmp_path.glob("*.arrow")) == cached
+
+
+def test_token_bytes_add_up_to_utf8_bytes(tiny_tokenizer):
+    token_bytes = token_byte_lengths(tiny_tokenizer)
+    for text in ["plain ascii", "数据清洗 and emoji 🎉", "\x00\ttabs\r\n"]:
+        ids = [tiny_tokenizer.bos_token_id, *tiny_tokenizer(text, add_special_tokens=False)["input_ids"]]
+        assert token_bytes[ids].sum() == len(text.encode("utf-8"))
+
+
+def test_unigram_baseline_on_a_uniform_stream():
+    vocab, token_bytes = 4, np.array([0, 1, 1, 2])
+    counts = unigram_counts([np.array([[1, 2, 3, 0]] * 10)], vocab)           # 10 of each token
+    score = unigram_score(counts, np.array([[0, 1, 2, 3]]), token_bytes)
+    assert score.tokens == 3 and score.bytes == 4
+    assert score.loss == pytest.approx(np.log(4))                            # uniform over 4 ids
+    assert score.bpb == pytest.approx(3 * np.log(4) / np.log(2) / 4)
+
+
+def test_checkpoint_dir_keeps_only_complete_checkpoints_of_the_same_run(tmp_path):
+    for step, complete in [(4, True), (8, True), (12, False)]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / MARKER).write_text("complete\n")
+    assert prepare_checkpoint_dir(tmp_path, {"lr": 1}) == tmp_path / "checkpoint-8"
+    assert not (tmp_path / "checkpoint-12").exists()                        # half-written: removed
+    assert prepare_checkpoint_dir(tmp_path, {"lr": 1}) == tmp_path / "checkpoint-8"
+    assert prepare_checkpoint_dir(tmp_path, {"lr": 2}) is None               # another run's: removed
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="multiple of 'batch_size'"):
+        PretrainConfig(batch_size=3, global_batch_size=8)
+    with pytest.raises(ValueError, match="save_total_limit"):
+        PretrainConfig(save_total_limit=1)
+    with pytest.raises(ValueError, match="processes"):
+        PretrainConfig(batch_size=4, global_batch_size=8).accumulation_steps(world_size=3)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def test_tiny_pretrain_learns_and_saves_a_standard_model(tmp_path, corpus, tiny_model_config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_config(tmp_path, corpus, max_tokens=30 * 8 * 32, eval_steps=10)
+    result = pretrain(cfg, tiny_model_config, seed=0)
+    r = result.report
+    assert r["steps"] == 30 and r["tokens_seen"] == 30 * 8 * 32 and r["tokens_per_second"] > 0
+    assert r["val_bpb"] < 0.8 * r["unigram_bpb"]                 # well past token frequencies
+    assert r["val_perplexity"] == pytest.approx(np.exp(r["val_loss"]), rel=1e-3)
+    curve = (tmp_path / "loss.csv").read_text().splitlines()
+    first, last = float(curve[1].split(",")[1]), float(curve[-1].split(",")[1])
+    assert curve[0] == "step,train_loss,lr" and last < first - 1.0
+    assert len((tmp_path / "val.csv").read_text().splitlines()) == 1 + 3      # steps 10, 20, 30
+    model = AutoModelForCausalLM.from_pretrained(str(cfg.output))
+    assert AutoTokenizer.from_pretrained(str(cfg.output)).chat_template
+    assert model.config.num_hidden_layers == 2 and len(result.samples) == 1
+    assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-30"
+
+
+KILLER = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    from transformers import TrainerCallback
+    from chatforge.config import build_dataclass
+    from chatforge.modeling import ModelConfig
+    from chatforge.pretraining import PretrainConfig, pretrain
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)       # no cleanup, like an OOM kill or a power cut
+
+    cfg = build_dataclass(PretrainConfig, json.loads(sys.argv[1]))
+    pretrain(cfg, build_dataclass(ModelConfig, json.loads(sys.argv[2])), seed=0, callbacks=[KillAt()])
+""")
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_final_loss(tmp_path, corpus, tiny_model_config, mlflow_uri):
+    from chatforge.config import to_dict
+    from stages.pretrain import main
+
+    reference = pretrain(tiny_config(tmp_path / "ref", corpus), tiny_model_config, seed=0).report
+
+    # killed after step 6: checkpoint-4 is the last complete one, steps 5-6 are lost
+    cfg = tiny_config(tmp_path / "killed", corpus)
+    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(to_dict(cfg)), json.dumps(to_dict(tiny_model_config)),
+                           "6"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-4" and not cfg.output.exists()
+
+    # the stage, run again as `dvc repro` would, resumes from checkpoint-4
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"seed": 0, "model": to_dict(tiny_model_config), "pretrain": to_dict(cfg)}))
+    main(["--params", str(params)])
+    resumed = json.loads(cfg.report.read_text())
+    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == reference["steps"] == 16
+    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-4)
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-4)
+    ref_w, res_w = final_weights(tmp_path / "ref" / "base"), final_weights(cfg.output)
+    assert max(np.abs(ref_w[k] - res_w[k]).max() for k in ref_w) < 1e-4
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus, tiny_model_config, mlflow_uri):
+    from chatforge.config import to_dict
+
+    one = pretrain(tiny_config(tmp_path / "one", corpus, max_tokens=8 * 8 * 32), tiny_model_config, seed=0).report
+
+    cfg = tiny_config(tmp_path / "two", corpus, max_tokens=8 * 8 * 32, launcher="torchrun", nproc_per_node=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"seed": 0, "model": to_dict(tiny_model_config), "pretrain": to_dict(cfg)}))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "stages.pretrain", "--params", str(params)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "accumulation 1" in proc.stderr and "2 process(es)" in proc.stderr
+    two = json.loads(cfg.report.read_text())
+    assert two["steps"] == one["steps"] == 8 and two["tokens_seen"] == one["tokens_seen"]
+    assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+    w1, w2 = final_weights(tmp_path / "one" / "base"), final_weights(cfg.output)
+    assert max(np.abs(w1[k] - w2[k]).max() for k in w1) < 1e-4
