@@ -173,7 +173,12 @@ def training_arguments(cfg: PretrainConfig, seed: int, world_size: int, report_t
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_drop_last=True,
         remove_unused_columns=False,
+        # Without use_cpu, accelerate 1.15 on a GPU-less box under torchrun reports DistributedType.NO:
+        # no DDP wrapper, no gradient all-reduce, every rank trains on its own shard.
+        use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world_size > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         report_to=report_to,
         disable_tqdm=True,
     )

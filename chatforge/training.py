@@ -4,6 +4,8 @@
   into the stage's active run (stack.md §7).
 - bf16 only on a GPU that supports it; fp32 on CPU (TRL configs default to bf16, which CPU
   training refuses).
+- ``use_cpu`` on a GPU-less machine: without it accelerate reports no distributed type under
+  torchrun, so the ranks never all-reduce their gradients.
 - No dataloader worker processes: the data is already tokenized and in memory.
 """
 
@@ -22,4 +24,5 @@ def training_args(output_dir: Path, seed: int, run_name: str, *, logging_steps: 
     return dict(output_dir=str(output_dir), seed=seed, run_name=run_name, report_to=["mlflow"],
                 logging_steps=logging_steps, save_strategy="steps" if save_steps > 0 else "no",
                 save_steps=max(save_steps, 1), bf16=bf16, dataloader_num_workers=0,
+                use_cpu=not torch.cuda.is_available(),     # else torchrun on CPU runs without DDP (accelerate 1.15)
                 dataloader_pin_memory=torch.cuda.is_available(), **overrides)

@@ -14,6 +14,8 @@ for key, val in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "chatforge,stages",
+    # library code logging outside a flow run would otherwise warn (quoting the source line) on every call
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GX_ANALYTICS_ENABLED": "False",
@@ -91,6 +93,18 @@ def _mlflow_seed_db(tmp_path_factory):
     return db
 
 
+def forget_mlflow_experiment():
+    """Drop the experiment a previous ``mlflow.set_experiment`` made active in this process.
+
+    set_experiment keeps the id in a module global and in ``MLFLOW_EXPERIMENT_ID``; against the
+    next test's fresh store that id does not exist ("No Experiment with id=1 exists").
+    """
+    import mlflow.tracking.fluent
+
+    mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 @pytest.fixture
 def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
     """A fresh MLflow store for one test, set in the environment like a user would."""
@@ -99,9 +113,11 @@ def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_seed_db, db)
     uri = f"sqlite:///{db}"
+    forget_mlflow_experiment()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+    forget_mlflow_experiment()

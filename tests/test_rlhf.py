@@ -24,9 +24,12 @@ def reward_dir(tmp_path_factory, tiny_model_dir):
 
     from chatforge.reward import RewardModelConfig, train_reward_model
 
+    from conftest import forget_mlflow_experiment
+
     out = tmp_path_factory.mktemp("reward")
     cfg = RewardModelConfig(sft=tiny_model_dir, checkpoints=out / "ckpt", max_length=64, max_steps=4, batch_size=4,
                             lr=1.0e-2, logging_steps=1)
+    forget_mlflow_experiment()
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     with mlflow.start_run():
         metrics = train_reward_model(cfg, PAIRS, seed=0, output_dir=out / "rm")
