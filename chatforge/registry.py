@@ -86,16 +86,23 @@ def register_model(model_dir: Path, name: str, *, tags: dict[str, str], chat: bo
     The new version gets the ``candidate`` alias and ``tags``.
     """
     import mlflow
+    from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # mlflow looks the model's name_or_path up on the Hub (card, licence file). A relative
+    # "models/sft" is a valid repo id, so it retried over the network for ~30 s per model; an
+    # absolute path is not, and fails at once. The card is ours, so nothing is fetched for it.
+    path = str(model_dir.resolve())
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if chat:
-        model, task = AutoModelForCausalLM.from_pretrained(str(model_dir)), "llm/v1/chat"
+        model, task = AutoModelForCausalLM.from_pretrained(path), "llm/v1/chat"
     else:
-        model, task = AutoModelForSequenceClassification.from_pretrained(str(model_dir)), "text-classification"
+        model, task = AutoModelForSequenceClassification.from_pretrained(path), "text-classification"
+    card = ModelCard(f"---\nlicense: mit\nlibrary_name: transformers\ntags: [chatforge]\n---\n# {name}\n\n"
+                     f"Trained from scratch by the chatforge pipeline ({task}); see its report card.\n")
     info = mlflow.transformers.log_model(
         {"model": model, "tokenizer": tokenizer}, name=name.removeprefix("chatforge-"), task=task,
-        pip_requirements=pip_requirements(), registered_model_name=name,
+        pip_requirements=pip_requirements(), registered_model_name=name, model_card=card,
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

@@ -116,6 +116,13 @@ def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
     forget_mlflow_experiment()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # The stages' experiment, made here with its artifacts in tmp_path, and active: otherwise
+    # configure_mlflow would put artifacts in <cwd>/mlartifacts and bare start_run() calls in
+    # the Default experiment's ./mlruns, both inside the repo.
+    from chatforge.tracking import DEFAULT_EXPERIMENT
+
+    exp_id = mlflow.create_experiment(DEFAULT_EXPERIMENT, (tmp_path / "mlartifacts").as_uri())
+    mlflow.set_experiment(experiment_id=exp_id)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

@@ -20,7 +20,6 @@ def test_decide_promotion_rules():
 def test_gate_promotes_then_refuses_on_real_registry(tiny_model_dir, mlflow_uri):
     import mlflow
 
-    mlflow.set_experiment("registry-test")
     with mlflow.start_run():
         first = register_model(tiny_model_dir, "chatforge-policy", tags={"git_commit": "abc"})
     assert alias_version("chatforge-policy", CANDIDATE) == first.version
