@@ -16,6 +16,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run_command", "run the whole pipeline (DVC stages through the Prefect flow)"),
     "clean": ("chatforge.cleaning.cli", "clean .txt/.html/.jsonl files: boilerplate, PII, quality filters, dedup"),
+    "chat": ("chatforge.chat", "chat with a model in the terminal (a model directory, models:/... or --onnx)"),
+    "serve": ("chatforge.server", "serve a model: OpenAI-compatible /v1/chat/completions and a chat page"),
 }
 
 

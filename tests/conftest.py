@@ -7,6 +7,7 @@ are trained/built in-process from text written here.
 import os
 import shutil
 import tempfile
+import threading
 
 _TMP_HOME = tempfile.mkdtemp(prefix="chatforge-test-")
 for key, val in {
@@ -128,3 +129,86 @@ def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     forget_mlflow_experiment()
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny model that answers: the chat, server and page tests need real replies ending in EOS
+# --------------------------------------------------------------------------------------------
+
+CHAT_PAIRS = [
+    ("hello", "hi there!"),
+    ("how are you?", "I'm doing well, thanks for asking!"),
+    ("what is your favourite book?", "I like reading science fiction at night."),
+    ("你好", "你好，最近怎么样？"),
+]
+
+
+def train_tiny(tokenizer, model_config, steps: tuple[int, ...] = (40,)) -> dict[int, object]:
+    """{step: model}: the tiny model (seed 0) trained with AdamW on CHAT_PAIRS, a copy taken
+    after each of ``steps``. The chat, server and page tests use the 40-step one."""
+    import copy
+
+    import torch
+
+    from chatforge.conversation import encode_chat
+    from chatforge.modeling import build_model
+
+    model = build_model(model_config, tokenizer, seed=0)
+    rows = [encode_chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}], tokenizer,
+                        model_config.context_length).input_ids for u, a in CHAT_PAIRS]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])     # (4, T)
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    snapshots = {}
+    for step in range(1, max(steps) + 1):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in steps:
+            snapshots[step] = copy.deepcopy(model).eval()
+    return snapshots
+
+
+@pytest.fixture(scope="session")
+def trained_chat_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
+    """The 40-step model of ``train_tiny`` saved with its tokenizer ("hello" -> "hi there!")."""
+    path = tmp_path_factory.mktemp("trained-chat-model")
+    train_tiny(tiny_tokenizer, tiny_model_config)[40].save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tensors this small decode faster on one thread; on 2 busy cores a second one costs ~10x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class GatedStep:
+    """The model's step, logging each call's width and pausing at call ``pause_at`` until ``gate`` opens."""
+
+    def __init__(self, model, pause_at: int):
+        from chatforge.generation import TorchStep
+
+        self.inner = TorchStep(model)
+        self.calls: list[int] = []
+        self.pause_at = pause_at
+        self.paused, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self, input_ids, attention_mask, past):
+        self.calls.append(input_ids.shape[1])              # > 1: a request's first step (its prompt)
+        if len(self.calls) == self.pause_at:
+            self.paused.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+        return self.inner(input_ids, attention_mask, past)
+
+    def reorder(self, past, index):
+        return self.inner.reorder(past, index)

@@ -1,6 +1,5 @@
 """prepare_data: every input format, determinism, disjoint uses, and bad input that is never lost."""
 
-import gzip
 import json
 from pathlib import Path
 

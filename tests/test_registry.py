@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 
 from chatforge.registry import (CANDIDATE, CHAMPION, alias_version, apply_decision, decide_promotion,
                                 dvc_lock_hash, register_model)

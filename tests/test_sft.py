@@ -1,7 +1,6 @@
 """SFT: the assistant-only label mask token by token, left truncation at a turn boundary, and a
 few real SFTTrainer steps on a 2-layer model."""
 
-import pytest
 
 from chatforge.conversation import IGNORE_INDEX, encode_chat, encode_message, fit_prompt
 
