@@ -79,14 +79,15 @@ class PrepareDataConfig:
     validation_fraction: float = field_help(0.1, "share of each use held out for validation")
     uses: UseFractions = field_help(UseFractions(), "how derived conversations are dealt out")
     pairs_per_conversation: int = field_help(2, "next-reply preference pairs cut from each conversation")
+    prompts_per_conversation: int = field_help(1, "RL / evaluation prompts cut from each conversation")
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("'sources' must list at least one source")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError("'validation_fraction' must be in [0, 1)")
-        if self.pairs_per_conversation < 1:
-            raise ValueError("'pairs_per_conversation' must be >= 1")
+        if self.pairs_per_conversation < 1 or self.prompts_per_conversation < 1:
+            raise ValueError("'pairs_per_conversation' and 'prompts_per_conversation' must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,8 +209,9 @@ def assistant_turns(messages: list[dict[str, str]]) -> list[int]:
 
 
 def derive_records(conv: dict[str, Any], use: RecordKind, rng: random.Random, source: str,
-                   pairs: int) -> list[dict[str, Any]]:
-    """One conversation -> the records of its use. Preference 'rejected' replies are filled later."""
+                   pairs: int, prompts: int = 1) -> list[dict[str, Any]]:
+    """One conversation -> the records of its use: up to ``pairs`` preference pairs or ``prompts``
+    prompts, each cut before a different assistant turn. Preference 'rejected' replies are filled later."""
     messages, cid = conv["messages"], conv["id"]
     if use == "documents":
         return [{"id": cid, "text": conversation_text(messages), "source": source}]
@@ -220,8 +222,8 @@ def derive_records(conv: dict[str, Any], use: RecordKind, rng: random.Random, so
     if not turns:
         raise RecordError("conversation has no assistant reply after a user turn")
     if use == "prompts":
-        cut = rng.choice(turns)
-        return [{"id": cid, "messages": messages[:cut]}]
+        return [{"id": f"{cid}#{cut}", "messages": messages[:cut]}
+                for cut in sorted(rng.sample(turns, min(prompts, len(turns))))]
     cuts = sorted(rng.sample(turns, min(pairs, len(turns))))
     return [{"id": f"{cid}#{cut}", "prompt": messages[:cut], "chosen": messages[cut]["content"], "rejected": None}
             for cut in cuts]
@@ -329,7 +331,8 @@ def ingest(cfg: PrepareDataConfig, seed: int) -> Ingested:
                 seen_ids.add((kind, rec["id"]))
                 if derive:
                     use = assign_use(seed, rec["id"], cfg.uses)
-                    new = derive_records(rec, use, rng, src.label, cfg.pairs_per_conversation)
+                    new = derive_records(rec, use, rng, src.label, cfg.pairs_per_conversation,
+                                         cfg.prompts_per_conversation)
                 else:
                     use, new = kind, [rec]
                 split = assign_split(seed, rec["id"], cfg.validation_fraction)   # by conversation id

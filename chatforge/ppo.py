@@ -223,31 +223,19 @@ def reply_logprobs(logits, replies, temperature: float):
 
 
 class RewardModelScorer:
-    """Scores (prompt, reply) with a sequence-classification reward model at the reply's last token.
-
-    The reply is rendered with the chat template as a full conversation, exactly the format
-    train_reward sees, so the score is read where the RM was trained to put it.
-    """
+    """Scores (prompt, reply) with a sequence-classification reward model at the reply's last token,
+    through ``chatforge.reward.score_replies``: the format and length train_reward trained it on."""
 
     def __init__(self, reward_dir: Path, device):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from chatforge.reward import load_reward_model
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(reward_dir))
-        self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(reward_dir), dtype=torch.float32)
-        self.model.to(device).eval().requires_grad_(False)
-        self.device = device
+        self.model, self.tokenizer = load_reward_model(reward_dir)
+        self.model.to(device).requires_grad_(False)
 
     def __call__(self, prompts: list[list[dict[str, str]]], replies: list[str]) -> list[float]:
-        import torch
+        from chatforge.reward import score_replies
 
-        texts = [self.tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
-                 for p, r in zip(prompts, replies)]
-        enc = self.tokenizer(texts, padding=True, truncation=True, add_special_tokens=False,
-                             max_length=self.model.config.max_position_embeddings, return_tensors="pt")
-        with torch.no_grad():
-            return self.model(**enc.to(self.device)).logits[:, 0].float().tolist()
+        return score_replies(self.model, self.tokenizer, prompts, replies)
 
 
 def sample_replies(policy, tokenizer, prompts: list[list[dict[str, str]]], cfg: PPOConfig, device) -> dict:

@@ -81,6 +81,8 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
     trainer = RewardTrainer(model=str(cfg.sft), args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list(encode_pairs(pairs, tokenizer, cfg.max_length)))
     result = trainer.train()
+    # Scored later as it was trained: every scorer reads this length (see score_replies).
+    trainer.model.config.reward_max_length = cfg.max_length
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(output_dir)
     log.info("%s model: %d pairs, %d steps, train loss %.4f", name, len(pairs), result.global_step,
@@ -98,11 +100,18 @@ def load_reward_model(path: Path):
     return model.eval(), load_tokenizer(path)
 
 
-def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str], max_length: int,
+def scoring_length(model) -> int:
+    """The tokens a reward model reads: the ``max_length`` it was trained with (its context if unknown)."""
+    return int(getattr(model.config, "reward_max_length", None) or model.config.max_position_embeddings)
+
+
+def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
                   batch_size: int = 32) -> list[float]:
-    """The reward of each (prompt, reply), cut to ``max_length`` like in training."""
+    """The reward of each (prompt, reply), cut at a turn boundary to the length the model was
+    trained on (``scoring_length``): a model trained on the last exchange never sees more."""
     import torch
 
+    max_length = scoring_length(model)
     seqs = [encode_chat(reply_pair(p, r), tokenizer, max_length).input_ids for p, r in zip(prompts, replies)]
     scores: list[float] = []
     pad = tokenizer.pad_token_id
@@ -110,20 +119,20 @@ def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies
         for i in range(0, len(seqs), batch_size):
             batch = seqs[i:i + batch_size]
             width = max(len(s) for s in batch)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch])                 # (B, T)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=model.device)   # (B, T)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=model.device)
             # LlamaForSequenceClassification reads the logit at the last non-pad token.
             scores.extend(model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist())   # (B,)
     return scores
 
 
-def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]], max_length: int,
+def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]],
                      batch_size: int = 32) -> tuple[dict[str, float], list[float]]:
     """Held-out accuracy (share of pairs with r_chosen > r_rejected) and the margin distribution;
     also returns the per-pair margins."""
     prompts = [p["prompt"] for p in pairs]
-    chosen = score_replies(model, tokenizer, prompts, [p["chosen"] for p in pairs], max_length, batch_size)
-    rejected = score_replies(model, tokenizer, prompts, [p["rejected"] for p in pairs], max_length, batch_size)
+    chosen = score_replies(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size)
+    rejected = score_replies(model, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size)
     margins = [c - r for c, r in zip(chosen, rejected)]
     if not margins:
         return {"pairs": 0}, []

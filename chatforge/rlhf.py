@@ -100,7 +100,7 @@ class RewardModelReward:
 
         cfg = self.cfg
         replies = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        raw = score_replies(self.model, self.tokenizer, prompts, replies, cfg.max_length)
+        raw = score_replies(self.model, self.tokenizer, prompts, replies)
         if len(self.seen) < cfg.normalization_samples:
             self.seen.extend(raw)
             n = len(self.seen)

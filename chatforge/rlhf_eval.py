@@ -129,9 +129,9 @@ def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft:
 
     model, tokenizer = load_reward_model(rm_dir)
     s_sft = score_replies(model, tokenizer, [prompts[i] for i in sft.prompt_index], sft.replies,
-                          settings.max_length, settings.batch_size)
+                          settings.batch_size)
     s_pol = score_replies(model, tokenizer, [prompts[i] for i in policy.prompt_index], policy.replies,
-                          settings.max_length, settings.batch_size)
+                          settings.batch_size)
     lengths = [len(r) for r in sft.reply_ids] + [len(r) for r in policy.reply_ids]
     resid, slope = length_residuals(s_sft + s_pol, lengths)
     n = len(s_sft)

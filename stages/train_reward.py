@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(rc.output) as out:
             report.update({f"train_{k}": v for k, v in train_reward_model(rc, reward_pairs, cfg.seed, out).items()})
             model, tok = load_reward_model(out)
-            metrics, margins = pairwise_metrics(model, tok, validation, rc.max_length, rc.eval_batch_size)
+            metrics, margins = pairwise_metrics(model, tok, validation, rc.eval_batch_size)
             report.update(metrics)
         # The judge logs into a child run: the trainer's params would clash with the reward model's.
         child = mlflow.start_run(run_name="train_reward/judge", nested=True) if run.run_id else nullcontext()
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             report.update({f"judge_train_{k}": v
                            for k, v in train_reward_model(rc, judge_pairs, cfg.seed + 1, out, "judge").items()})
             model, tok = load_reward_model(out)
-            judge, judge_margins = pairwise_metrics(model, tok, validation, rc.max_length, rc.eval_batch_size)
+            judge, judge_margins = pairwise_metrics(model, tok, validation, rc.eval_batch_size)
             report.update({f"judge_{k}": v for k, v in judge.items() if k != "pairs"})
         if margins:
             # How often the two models order a held-out pair the same way: low agreement means the

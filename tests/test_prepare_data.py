@@ -48,6 +48,23 @@ def test_chitchat_is_deterministic_disjoint_and_complete():
         assert prompt["messages"][-1]["role"] == "user"
 
 
+def test_several_prompts_and_pairs_per_conversation_stay_in_one_split():
+    cfg = config(SourceConfig(kind="chitchat", limit=400), pairs_per_conversation=4, prompts_per_conversation=3)
+    a = ingest(cfg, seed=1)
+    one = ingest(config(SourceConfig(kind="chitchat", limit=400)), seed=1)
+    for kind, most in (("prompts", 3), ("preferences", 4)):
+        recs = a.records[kind]
+        assert len({r["id"] for r in recs}) == len(recs)                      # one id per cut
+        by_conv = {}
+        for r in recs:
+            by_conv.setdefault(r["id"].split("#")[0], []).append(r)
+        assert max(map(len, by_conv.values())) == most and len(recs) > len(one.records[kind])
+        for cuts in by_conv.values():
+            assert len({r["split"] for r in cuts}) == 1                       # the split goes by conversation
+            ends = [r.get("messages") or r["prompt"] for r in cuts]
+            assert all(m[-1]["role"] == "user" for m in ends) and len({len(m) for m in ends}) == len(cuts)
+
+
 def test_every_file_format(tmp_path):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)

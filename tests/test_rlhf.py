@@ -39,11 +39,12 @@ def reward_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_reward_model_learns_the_pairs(reward_dir):
-    from chatforge.reward import load_reward_model, pairwise_metrics
+    from chatforge.reward import load_reward_model, pairwise_metrics, scoring_length
 
     model, tok = load_reward_model(reward_dir)
     assert model.config.num_labels == 1 and (reward_dir / "tokenizer.json").exists()
-    metrics, margins = pairwise_metrics(model, tok, PAIRS[:4], max_length=64)
+    assert scoring_length(model) == 64                     # scored at the length it was trained on
+    metrics, margins = pairwise_metrics(model, tok, PAIRS[:4])
     assert metrics["accuracy"] >= 0.75 and metrics["margin_mean"] > 0 and len(margins) == 4
 
 
