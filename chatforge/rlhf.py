@@ -44,6 +44,8 @@ class RlhfConfig:
     reward: Path = field_help(Path("models/reward"), "reward model optimised by grpo/rloo")
     judge: Path = field_help(Path("models/judge"), "held-out judge: evaluation only, never a training signal")
     prompts: Path = field_help(Path("data/clean/prompts.jsonl"), "RL prompts (train split) and held-out prompts")
+    ptx_input: Path = field_help(Path("data/clean/documents.jsonl"),
+                                 "pretraining documents (train split) for PPO-ptx, read when ppo.ptx_coef > 0")
     output: Path = field_help(Path("models/policy"), "the tuned policy (with its tokenizer)")
     checkpoints: Path = field_help(Path("checkpoints/rlhf"), "trainer output dir")
     report: Path = field_help(Path("reports/rlhf.json"), "held-out judge reward, win rate, KL, length, distinct-2")
@@ -169,6 +171,7 @@ class RlhfData:
     reward: Path
     prompts: list[list[dict[str, str]]]     # training prompts (message lists)
     pairs: list[dict[str, Any]]             # the reward model's training pairs (for dpo)
+    ptx_texts: list[str] | None = None      # pretraining documents (for ppo with ptx_coef > 0)
 
 
 def common_args(cfg: RlhfConfig, seed: int, name: str) -> dict[str, Any]:
@@ -249,7 +252,7 @@ def train_ppo_policy(cfg: RlhfConfig, data: RlhfData, output_dir: Path) -> dict[
         if mlflow.active_run():
             mlflow.log_metrics(metrics, step=step)
 
-    summary = train_ppo(data.sft, data.reward, data.prompts, cfg.ppo, output_dir,
+    summary = train_ppo(data.sft, data.reward, data.prompts, cfg.ppo, output_dir, ptx_texts=data.ptx_texts,
                         checkpoint_dir=cfg.checkpoints, log_fn=log_step)
     return {**summary, "train_prompts": len(data.prompts), "train_pairs": 0}
 

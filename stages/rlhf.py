@@ -2,8 +2,9 @@
 then compare the policy with the SFT model on held-out prompts under the held-out judge.
 
 Reads models/sft/, models/reward/, models/judge/, data/clean/prompts.jsonl (train split for RL,
-validation split for the evaluation) and, for dpo, the reward model's training pairs (the same
-split of train_reward.input that train_reward used). Writes models/policy/ and reports/rlhf.json.
+validation split for the evaluation), for dpo the reward model's training pairs (the same split
+of train_reward.input that train_reward used) and for ppo with ppo.ptx_coef > 0 the pretraining
+documents (rlhf.ptx_input, train split). Writes models/policy/ and reports/rlhf.json.
 Params: seed, train_reward, rlhf.
 Run: dvc repro rlhf   or   python -m stages.rlhf --set rlhf.algorithm=rloo --set rlhf.max_steps=3
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from chatforge.config import load_config
 from chatforge.jsonl import atomic_dir
+from chatforge.packing import documents_by_split
 from chatforge.preferences import by_split, read_preferences, read_prompts, split_preferences
 from chatforge.reward import RewardModelConfig
 from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
@@ -44,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     if rl.algorithm == "dpo":
         pairs = split_preferences(read_preferences(rc.input).records, cfg.seed, rc.judge_fraction,
                                   rc.validation_fraction).reward
-    data = RlhfData(sft=rl.sft, reward=rl.reward, prompts=train_prompts, pairs=pairs)
+    ptx_texts = None
+    if rl.algorithm == "ppo" and rl.ppo.ptx_coef > 0:          # InstructGPT's PPO-ptx: pretraining text too
+        ptx_texts = documents_by_split(rl.ptx_input)["train"]
+    data = RlhfData(sft=rl.sft, reward=rl.reward, prompts=train_prompts, pairs=pairs, ptx_texts=ptx_texts)
     with stage_run("rlhf", cfg) as run, atomic_dir(rl.output) as out:
         start = time.perf_counter()
         report = train_policy(rl, data, cfg.seed, out)

@@ -121,3 +121,42 @@ def test_eval_helpers():
     assert win_rate([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)
     resid, slope = length_residuals([1.0, 2.0, 3.0, 4.0], [10, 20, 30, 40])
     assert slope == pytest.approx(0.1) and max(resid) - min(resid) < 1e-9     # all of it was length
+
+
+def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
+    """The rlhf stage end to end: params file in, policy and report out; PPO-ptx reads the
+    pretraining documents (train split) and its LM loss reaches MLflow every step."""
+    import json
+
+    import mlflow
+
+    from chatforge.config import to_dict
+    from chatforge.ppo import PPOConfig
+    from chatforge.reward import RewardModelConfig
+    from chatforge.rlhf import RlhfConfig
+    from chatforge.rlhf_eval import EvalSettings
+    from stages.rlhf import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "messages": m, "split": split}) + "\n"
+                               for i, (m, split) in enumerate([(p, "train") for p in PROMPTS] +
+                                                              [(PROMPTS[0], "validation"), (PROMPTS[3], "validation")])))
+    docs = tmp_path / "documents.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t, "split": "train"}) + "\n"
+                            for i, t in enumerate(GOOD + BAD)))
+    ppo = PPOConfig(steps=2, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=8, lr=1.0e-3, save_every=0,
+                    ptx_coef=1.0, ptx_batch_size=2, ptx_max_length=16)
+    rl = RlhfConfig(algorithm="ppo", sft=tiny_model_dir, reward=reward_dir, judge=reward_dir, prompts=prompts,
+                    ptx_input=docs, output=tmp_path / "policy", checkpoints=tmp_path / "ckpt",
+                    report=tmp_path / "rlhf.json", max_length=64, ppo=ppo,
+                    evaluation=EvalSettings(max_prompts=2, samples_per_prompt=1, max_new_tokens=6, max_length=64))
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"seed": 0, "train_reward": to_dict(RewardModelConfig()), "rlhf": to_dict(rl)}))
+    main(["--params", str(params)])
+    report = json.loads(rl.report.read_text())
+    assert report["algorithm"] == "ppo" and report["steps"] == 2 and report["eval_prompts"] == 2
+    assert {"reward_sft", "reward_policy", "kl", "win_rate", "proxy_win_rate"} <= set(report)
+    assert (rl.output / "model.safetensors").exists() and (rl.output / "tokenizer.json").exists()
+    run = mlflow.search_runs(filter_string="tags.stage = 'rlhf'", output_format="list")[0]
+    ptx = mlflow.MlflowClient().get_metric_history(run.info.run_id, "ptx_loss")
+    assert len(ptx) == 2 and all(m.value > 0 for m in ptx)
