@@ -190,3 +190,43 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(tiny_model_dir, tmp_pat
     assert "ignoring checkpoint" in caplog.text and "(lr)" in caplog.text
     assert "ppo step 1/1" in caplog.text.split("ignoring checkpoint")[1]     # it trained afresh
     assert summary["steps"] == 1
+
+
+TWO_RANKS = """
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+from chatforge.ppo import PPOConfig, train_ppo
+
+dist.init_process_group("gloo")
+policy, reward, out = map(Path, sys.argv[1:4])
+prompts = json.loads(sys.argv[4])
+logged = []
+cfg = PPOConfig(steps=2, rollout_batch_size=2, mini_batch_size=2, max_new_tokens=4, lr=1.0e-3, save_every=1, seed=5)
+summary = train_ppo(policy, reward, prompts, cfg, out / "policy", checkpoint_dir=out / "ckpt",
+                    log_fn=lambda metrics, step: logged.append(step))
+print(json.dumps({"rank": dist.get_rank(), "logged": logged, "steps": summary["steps"]}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_on_gloo_train_together_and_rank_0_logs_and_writes(tiny_model_dir, tiny_reward_dir, tmp_path):
+    """The same code under torchrun: 2 CPU processes, DDP over gloo; only rank 0 logs and saves."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tiny_model_dir), str(tiny_reward_dir), str(tmp_path), json.dumps(PROMPTS)],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ranks = {r["rank"]: r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    assert ranks[0]["logged"] == [1, 2] and ranks[1]["logged"] == [] and ranks[0]["steps"] == ranks[1]["steps"] == 2
+    assert (tmp_path / "policy" / "model.safetensors").exists()
+    state = json.loads((tmp_path / "ckpt" / "last" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 2
