@@ -3,9 +3,12 @@
 Reads data/raw/{documents,conversations,preferences,prompts}.jsonl; writes data/clean/ (the same
 files, "split" kept), data/rejected/clean_data.jsonl (every dropped record with its reason),
 reports/clean.json, reports/clean_drops.csv (DVC plot) and reports/clean_validation.json (Great
-Expectations results). A failed expectation fails the stage before any output is written.
+Expectations results). Documents run as datatrove pipelines on clean_data.executor (local worker
+processes by default, Slurm or Ray by params; scratch in executor.work_dir, removed after a run); the
+outputs are written here, atomically, and only after validation: a failed expectation fails the stage
+before any output is written.
 Params: clean_data.
-Run: dvc repro clean_data   or   python -m stages.clean_data --set clean_data.cleaning.pii=false
+Run: dvc repro clean_data   or   python -m stages.clean_data --set clean_data.executor.workers=4
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from dataclasses import dataclass
 from chatforge.cleaning.pipeline import CleanDataConfig, clean_all, clean_report
 from chatforge.cleaning.validate import validate_outputs
 from chatforge.config import load_config
-from chatforge.jsonl import atomic_open, read_jsonl, write_jsonl
-from chatforge.records import KINDS
+from chatforge.jsonl import atomic_open, write_jsonl
 from chatforge.tracking import setup_logging, stage_run
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     cfg = load_config(Params, argv, description=__doc__).clean_data
     with stage_run("clean_data", cfg) as run:
-        records = {kind: read_jsonl(cfg.input_dir / f"{kind}.jsonl") for kind in KINDS}
-        results = clean_all(records, cfg.cleaning)
+        results = clean_all(cfg)
         report = clean_report(results)
+        report["executor"] = {"kind": cfg.executor.kind, "tasks": cfg.executor.tasks, "workers": cfg.executor.workers}
         outputs = {kind: r.kept for kind, r in results.items()}
         try:
             report["validation"] = validate_outputs(outputs, cfg.cleaning.max_chars, cfg.validation)

@@ -217,3 +217,177 @@ def test_stage_end_to_end_and_validation_failure(tmp_path, monkeypatch, mlflow_u
     assert "documents: ExpectColumnValuesToNotMatchRegexList(text) failed on 1 rows" in message
     assert "messages: ExpectColumnValuesToBeInSet(role) failed on 1 rows" in message and "wizard" in message
     assert json.loads((tmp_path / "gx.json").read_text())["documents"]
+
+
+# --------------------------------------------------------------------------------------------
+# The documents path on datatrove executors: shards, workers, Slurm and Ray by params
+# --------------------------------------------------------------------------------------------
+
+FILLERS = [
+    "The river flows past the old mill, and the children like to watch the water turn the wheel. In the summer "
+    "the town holds a fair on the grass beside it, with music, cakes and a race for the dogs. Nobody remembers "
+    "when the mill last ground any flour, but the wheel still turns.",
+    "My grandmother grew tomatoes and beans in a small garden behind her house. She gave most of them to the "
+    "neighbours every autumn, kept the seeds in paper envelopes on the kitchen shelf and wrote the year on each "
+    "one in pencil, so that she always knew which were worth planting again.",
+    "Learning to play the piano takes patience. You practise scales every day for months, your fingers are slow "
+    "and the neighbours are polite about it, and then one evening the piece you have been working on starts to "
+    "sound like music that you would actually want to hear.",
+    "The train to the coast was late again, so we sat in the station cafe for an hour and talked about the book "
+    "we had both been reading that week. By the time the train arrived we had decided that the ending was wrong "
+    "and had written a better one on a napkin.",
+]
+NO_STOP_WORDS = "apple banana cherry grape lemon mango orange peach plum melon kiwi lime " * 3
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory):
+    """The documents pipeline on one input, with 1 task and 1 worker and with 2 tasks and 2 workers. The second
+    task gets a copy of "a" (before anything else it keeps, so a lower index than "a" has in the first task), a
+    near copy of "a" and a near copy of the Chinese page "zh"."""
+    from chatforge.cleaning.executor import ExecutorConfig
+    from chatforge.cleaning.pipeline import clean_document_files
+
+    tmp = tmp_path_factory.mktemp("shards")
+    base = " ".join(EN_ARTICLE)
+    fillers = [{"id": f"f{i}", "text": text} for i, text in enumerate(FILLERS, start=1)]
+    docs = [{"id": "zh", "text": ZH_PAGE, "source": "zh.html"}, {"id": "bad", "text": NO_STOP_WORDS}, *fillers[:2],
+            {"id": "a", "text": base}, {"id": "b", "text": base.replace(". ", "! ")},
+            {"id": "c", "text": base.replace("three", "3")},
+            {"id": "zh2", "text": "\n".join(ZH_ARTICLE).replace("三个阶段", "3个阶段")}, *fillers[2:]]
+    path = tmp / "documents.jsonl"
+    path.write_text("".join(json.dumps({"source": "chat", **d}, ensure_ascii=False) + "\n" for d in docs))
+    runs = {n: clean_document_files([path], CleaningConfig(), ExecutorConfig(
+        tasks=n, workers=n, work_dir=tmp / f"work{n}", keep_work_dir=True), "documents") for n in (1, 2)}
+    return path, tmp, runs
+
+
+def test_two_workers_keep_the_same_documents_as_one(sharded_runs):
+    _, _, runs = sharded_runs
+    kept = {n: sorted((d["id"], d["text"], d["lang"]) for d in r.kept) for n, r in runs.items()}
+    assert kept[1] == kept[2] and [k[0] for k in kept[1]] == ["a", "f1", "f2", "f3", "f4", "zh"]
+    assert {r.record["id"]: r.reason for r in runs[1].rejected} == {r.record["id"]: r.reason for r in runs[2].rejected}
+    assert runs[1].pii == runs[2].pii and runs[1].boilerplate_lines == runs[2].boilerplate_lines   # summed over tasks
+    assert runs[2].records_in == len(runs[2].kept) + len(runs[2].rejected) == 10
+
+
+def test_duplicates_in_different_shards_are_caught(sharded_runs):
+    from chatforge.cleaning.documents import JsonlRangeReader
+
+    path, _, runs = sharded_runs
+    shards = [[d.id for d in JsonlRangeReader([path]).run(rank=rank, world_size=2)] for rank in range(2)]
+    assert shards == [["zh", "bad", "f1", "f2", "a"], ["b", "c", "zh2", "f3", "f4"]]    # every pair spans both tasks
+    reasons = {r.record["id"]: r.reason for r in runs[2].rejected}
+    assert reasons["b"] == "exact_duplicate" and reasons["c"] == reasons["zh2"] == "near_duplicate"
+    assert {"a", "zh"} <= {d["id"] for d in runs[2].kept}                     # the first copy stays
+
+
+def test_dropped_documents_carry_the_datatrove_filter_reason(sharded_runs):
+    import gzip
+
+    _, tmp, runs = sharded_runs
+    bad = next(r for r in runs[2].rejected if r.record["id"] == "bad")
+    assert (bad.source, bad.reason, bad.record) == ("documents", "gopher_enough_stop_words",
+                                                    {"id": "bad", "text": NO_STOP_WORDS, "source": "chat"})
+    # written by the exclusion writer of datatrove's GopherQualityFilter, routed to English plain text
+    files = sorted((tmp / "work2/rejected/text_en_GopherQualityFilter").glob("*.jsonl.gz"))
+    rows = [json.loads(line) for f in files for line in gzip.open(f, "rt", encoding="utf-8")]
+    assert [(r["record"]["id"], r["reason"]) for r in rows] == [("bad", "gopher_enough_stop_words")]
+    assert [r.reason for r in runs[2].rejected] == ["gopher_enough_stop_words", "exact_duplicate", "near_duplicate",
+                                                    "near_duplicate"]           # in input order
+
+
+def _slurm_params(tmp_path):
+    return {"kind": "slurm", "tasks": 8, "workers": 4, "work_dir": str(tmp_path / "work"),
+            "slurm": {"partition": "cpu", "time": "02:00:00", "cpus_per_task": 2, "mem_per_cpu_gb": 4,
+                      "env_command": "source .venv/bin/activate", "sbatch_args": {"account": "proj"}}}
+
+
+def test_executor_params_build_local_slurm_and_ray_executors(tmp_path):
+    from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
+
+    from chatforge.cleaning.executor import build_chain
+    from chatforge.cleaning.pipeline import CleanDataConfig, document_pipelines
+    from chatforge.config import ConfigError, build_dataclass
+
+    pipelines = document_pipelines([tmp_path / "documents.jsonl"], CleaningConfig(), tmp_path / "work")
+    names = [p.name for p in pipelines]
+    assert names == ["clean", "exact_find", "minhash_sig", "minhash_buckets", "minhash_cluster", "dedup"]
+
+    def chain(executor: dict):
+        cfg = build_dataclass(CleanDataConfig, {"executor": executor}, "params.yaml", "clean_data").executor
+        return dict(zip(names, build_chain([(p.name, p.steps, p.tasks or cfg.tasks) for p in pipelines], cfg,
+                                           tmp_path / "logs")))
+
+    local = chain({"tasks": 3, "workers": 2, "start_method": "spawn"})
+    assert all(type(e) is LocalPipelineExecutor for e in local.values())
+    assert [(e.tasks, e.workers) for e in local.values()] == [(3, 2), (1, 1), (3, 2), (14, 2), (1, 1), (3, 2)]
+    assert local["clean"].start_method == "spawn" and local["clean"].depends is None
+    assert local["dedup"].depends is local["minhash_cluster"] and local["exact_find"].depends is local["clean"]
+    assert local["clean"].logging_dir.path == str(tmp_path / "logs/clean")
+
+    slurm = chain(_slurm_params(tmp_path))
+    assert all(type(e) is SlurmPipelineExecutor for e in slurm.values())
+    clean = slurm["clean"]
+    assert (clean.job_name, clean.env_command, clean.qos) == ("clean_data_clean", "source .venv/bin/activate", "normal")
+    sbatch = clean.get_sbatch_args(max_array=8)
+    assert {k: sbatch[k] for k in ("partition", "time", "cpus-per-task", "mem-per-cpu", "array", "account")} == {
+        "partition": "cpu", "time": "02:00:00", "cpus-per-task": 2, "mem-per-cpu": "4G", "array": "0-7%4",
+        "account": "proj"}
+    assert slurm["minhash_buckets"].tasks == 14 and slurm["minhash_cluster"].tasks == 1
+    assert slurm["dedup"].depends is slurm["minhash_cluster"]
+
+    ray = chain({"kind": "ray", "tasks": 16, "workers": 8, "ray": {"cpus_per_task": 2, "mem_per_cpu_gb": 3.0,
+                                                                    "tasks_per_job": 2, "time_s": 600}})
+    assert all(type(e) is RayPipelineExecutor for e in ray.values())
+    assert [(e.tasks, e.workers, e.cpus_per_task, e.mem_per_cpu_gb, e.tasks_per_job, e.time)
+            for e in (ray["clean"], ray["minhash_cluster"])] == [(16, 8, 2, 3.0, 2, 600), (1, 8, 2, 3.0, 2, 600)]
+    assert ray["minhash_sig"].depends is ray["exact_find"]
+
+    with pytest.raises(ConfigError, match="executor.slurm.partition"):
+        chain({"kind": "slurm"})
+    with pytest.raises(ConfigError, match="executor.tasks must be between 1"):
+        chain({"tasks": 0})
+    with pytest.raises(ConfigError, match="must be one of"):
+        chain({"kind": "kubernetes"})
+
+
+def test_slurm_wait_fails_when_a_job_leaves_the_queue_undone(tmp_path, monkeypatch):
+    import os
+
+    from chatforge.cleaning.executor import build_executor, wait_for_slurm
+    from chatforge.cleaning.pipeline import CleanDataConfig
+    from chatforge.config import build_dataclass
+
+    cfg = build_dataclass(CleanDataConfig, {"executor": _slurm_params(tmp_path)}).executor
+    job = build_executor([], "dedup", 2, cfg, tmp_path / "logs")
+    job.job_id = "42"
+    squeue = tmp_path / "bin/squeue"
+    squeue.parent.mkdir()
+    monkeypatch.setenv("PATH", f"{squeue.parent}{os.pathsep}{os.environ['PATH']}")
+    squeue.write_text("#!/bin/sh\necho 'PENDING DependencyNeverSatisfied'\n")
+    squeue.chmod(0o755)
+    with pytest.raises(RuntimeError, match="job 42 .* will never start"):
+        wait_for_slurm(job, poll_s=0)
+    squeue.write_text("#!/bin/sh\n")                    # no longer in the queue
+    with pytest.raises(RuntimeError, match="ended with 2 of 2 tasks undone"):
+        wait_for_slurm(job, poll_s=0)
+    for rank in range(2):
+        job.mark_rank_as_completed(rank)
+    wait_for_slurm(job, poll_s=0)                       # every task done: returns
+
+
+def test_a_work_dir_that_clean_data_did_not_make_is_left_alone(tmp_path):
+    from chatforge.cleaning.executor import ExecutorConfig
+    from chatforge.cleaning.pipeline import prepare_work_dir
+    from chatforge.jsonl import InputError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and was not made by clean_data"):
+        prepare_work_dir(ExecutorConfig(work_dir=tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    work = prepare_work_dir(ExecutorConfig(work_dir=tmp_path / "work"))
+    (work / "stale").mkdir()
+    assert prepare_work_dir(ExecutorConfig(work_dir=work)) == work and not (work / "stale").exists()
+    (work / "stale").mkdir()
+    assert (prepare_work_dir(ExecutorConfig(work_dir=work, resume=True)) / "stale").exists()   # resume keeps it

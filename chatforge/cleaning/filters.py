@@ -5,7 +5,8 @@ removes ~30% of tokens for little gain; FineWeb's duplicated-line char ratio at 
 not the code's 0.01). Chinese uses FineWeb-2's ``cmn_Hani`` thresholds with jieba word splitting
 (huggingface/fineweb-2 configs/cmn_Hani.yml) and never the C4 line rules, whose ASCII-only
 terminal punctuation would drop almost every Chinese line. Each filter returns its reason, which
-ends up in the rejects file.
+ends up in the rejects file. blocks.py runs these filters as steps of a datatrove pipeline, each one
+routed to the documents of its language and filter set.
 
 Two filter sets: ``web`` for pages (HTML sources, or any source listed in ``web_sources``) and
 ``text`` for everything else (our default data are chat transcripts: short lines, little
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatforge.cleaning.text import cjk_ratio
 from chatforge.config import field_help
 
 ZH_STOP_WORDS = ["的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人", "中", "为", "他",
@@ -73,30 +75,10 @@ def build_filters(fs: FilterSet, language: str) -> list:
     return out
 
 
-class QualityFilters:
-    """Picks the filter set and language of a document and returns why it fails (or None)."""
-
-    def __init__(self, cfg: QualityConfig):
-        self.cfg = cfg
-        self._built: dict[tuple[str, str], list] = {}
-
-    def filters(self, kind: str, language: str) -> list:
-        if (kind, language) not in self._built:
-            self._built[kind, language] = build_filters(getattr(self.cfg, kind), language)
-        return self._built[kind, language]
-
-    def apply(self, text: str, kind: str, language: str, cjk: float) -> tuple[str | None, str]:
-        """(reason the document fails or None, its text after the filters' line edits (C4))."""
-        from datatrove.data import Document
-
-        fs: FilterSet = getattr(self.cfg, kind)
-        if len(text) < fs.min_chars:
-            return "too_short", text
-        if language == "zh" and cjk < fs.zh_min_cjk_ratio:
-            return "zh_low_cjk_ratio", text
-        doc = Document(text=text, id="")
-        for f in self.filters(kind, language):
-            verdict = f.filter(doc)
-            if verdict is not True and verdict is not None:
-                return (verdict[1] if isinstance(verdict, tuple) else type(f).__name__), doc.text
-        return None, doc.text
+def precheck(text: str, fs: FilterSet, language: str) -> str | None:
+    """Why ``text`` fails before any datatrove filter runs (too short, too little CJK for Chinese), or None."""
+    if len(text) < max(fs.min_chars, 1):          # an empty document never goes on, whatever min_chars says
+        return "too_short"
+    if language == "zh" and cjk_ratio(text) < fs.zh_min_cjk_ratio:
+        return "zh_low_cjk_ratio"
+    return None
