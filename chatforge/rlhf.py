@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RlhfConfig:
     algorithm: Literal["grpo", "rloo", "dpo", "ppo"] = field_help(
-        "grpo", "grpo / rloo (TRL, online, reward model as reward), dpo (TRL, offline pairs) or ppo "
+        "dpo", "grpo / rloo (TRL, online, reward model as reward), dpo (TRL, offline pairs) or ppo "
         "(chatforge.ppo, InstructGPT-style); see README for the comparison")
     sft: Path = field_help(Path("models/sft"), "policy start and KL reference (a saved model directory)")
     reward: Path = field_help(Path("models/reward"), "reward model optimised by grpo/rloo")
@@ -52,9 +52,10 @@ class RlhfConfig:
     max_steps: int = field_help(16, "optimizer steps (one optimisation pass per generation batch)")
     batch_size: int = field_help(8, "per step: sampled replies for grpo/rloo (prompts x num_generations), pairs for dpo")
     num_generations: int = field_help(4, "replies per prompt (grpo/rloo); must divide batch_size")
-    lr: float = field_help(3.0e-4, "learning rate (constant after a short warm-up)")
+    lr: float = field_help(3.0e-4, "grpo/rloo learning rate (constant after a short warm-up)")
     beta: float = field_help(0.05, "KL coefficient to the SFT model for grpo/rloo (InstructGPT used 0.02)")
     dpo_beta: float = field_help(0.1, "DPO temperature beta (its implicit KL strength)")
+    dpo_lr: float = field_help(1.0e-4, "dpo learning rate (offline pairs tolerate more than online RL)")
     temperature: float = field_help(1.0, "sampling temperature of RL rollouts (plain sampling: no top-k/top-p)")
     max_completion_length: int = field_help(32, "tokens per sampled reply")
     max_length: int = field_help(192, "context: prompt + reply; prompts lose turns from the left to fit")
@@ -176,7 +177,7 @@ class RlhfData:
 
 def common_args(cfg: RlhfConfig, seed: int, name: str) -> dict[str, Any]:
     return training_args(cfg.checkpoints / name, seed, f"rlhf-{name}", logging_steps=cfg.logging_steps,
-                         learning_rate=cfg.lr, max_steps=cfg.max_steps, lr_scheduler_type="constant_with_warmup",
+                         learning_rate=cfg.dpo_lr if name == "dpo" else cfg.lr, max_steps=cfg.max_steps, lr_scheduler_type="constant_with_warmup",
                          warmup_steps=0.1)
 
 

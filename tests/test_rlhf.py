@@ -65,8 +65,8 @@ def test_algorithm_updates_policy_and_logs_reward_and_kl(algorithm, tmp_path, ti
 
     ppo = PPOConfig(steps=3, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=8, lr=1.0e-2, save_every=0)
     cfg = RlhfConfig(algorithm=algorithm, checkpoints=tmp_path / "ckpt", max_steps=3, batch_size=4,
-                     num_generations=2, lr=1.0e-2, max_completion_length=8, max_length=64, normalization_samples=4,
-                     ppo=ppo)
+                     num_generations=2, lr=1.0e-2, dpo_lr=1.0e-2, max_completion_length=8, max_length=64,
+                     normalization_samples=4, ppo=ppo)
     data = RlhfData(sft=tiny_model_dir, reward=reward_dir, prompts=PROMPTS * 2, pairs=PAIRS)
     with mlflow.start_run() as run:
         facts = train_policy(cfg, data, seed=0, output_dir=tmp_path / "policy")
