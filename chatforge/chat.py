@@ -103,15 +103,23 @@ def describe(cfg) -> str:
     return f"{how}, at most {cfg.max_new_tokens} new tokens"
 
 
-def run(args: argparse.Namespace) -> int:
-    chat_model = load_model(args, "chat")
+def load_model_and_decoding(args: argparse.Namespace, command: str):
+    """(ChatModel, DecodingConfig) the flags name, or None after printing why not (chat and serve)."""
+    chat_model = load_model(args, command)
     if chat_model is None:
-        return 2
+        return None
     try:
-        cfg = decoding_config(args, chat_model.context_length)
+        return chat_model, decoding_config(args, chat_model.context_length)
     except ValueError as err:
-        print(f"chatforge chat: {err}", file=sys.stderr)
+        print(f"chatforge {command}: {err}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_model_and_decoding(args, "chat")
+    if loaded is None:
         return 2
+    chat_model, cfg = loaded
     runtime = "ONNX Runtime" if args.onnx else "PyTorch"
     print(f"chatforge chat: {chat_model.name} on {runtime}, {chat_model.context_length}-token context; "
           f"{describe(cfg)}.")

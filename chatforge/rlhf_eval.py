@@ -3,7 +3,8 @@
 On held-out prompts, both models sample ``samples_per_prompt`` replies each (plain sampling at
 temperature 1, no top-k/top-p, so the KL estimate is the real one). Then:
 
-- judge: ``reward_sft`` / ``reward_policy`` (mean score), ``win_rate`` (share of paired samples
+- judge: ``reward_sft`` / ``reward_policy`` (mean score), ``reward_gain_se`` (the standard error of
+  their difference, replies paired and clustered by prompt), ``win_rate`` (share of paired samples
   where the policy's reply scores higher; ties count half). The judge is a reward model trained on
   pairs the RL reward model never saw and never used in RL.
 - ``win_rate_length_controlled``: the same on the judge's scores with their linear dependence on
@@ -114,6 +115,17 @@ def win_rate(a: list[float], b: list[float]) -> float:
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / max(len(a), 1)
 
 
+def gain_standard_error(a: list[float], b: list[float], groups: list[int]) -> float:
+    """Standard error of mean(a) - mean(b) for paired samples, clustered by prompt (``groups``): the
+    stdev of the per-prompt mean differences over sqrt(prompts), since replies to one prompt are not
+    independent. 0 with fewer than two prompts."""
+    by_prompt: dict[int, list[float]] = {}
+    for x, y, g in zip(a, b, groups):
+        by_prompt.setdefault(g, []).append(x - y)
+    means = [statistics.fmean(d) for d in by_prompt.values()]
+    return statistics.stdev(means) / len(means) ** 0.5 if len(means) > 1 else 0.0
+
+
 def length_residuals(scores: list[float], lengths: list[int]) -> tuple[list[float], float]:
     """Scores minus their least-squares linear fit on length, and the fitted slope (reward per token)."""
     mean_len, mean_s = statistics.fmean(lengths), statistics.fmean(scores)
@@ -136,6 +148,7 @@ def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft:
     resid, slope = length_residuals(s_sft + s_pol, lengths)
     n = len(s_sft)
     return {f"{prefix}reward_sft": statistics.fmean(s_sft), f"{prefix}reward_policy": statistics.fmean(s_pol),
+            f"{prefix}reward_gain_se": gain_standard_error(s_pol, s_sft, policy.prompt_index),
             f"{prefix}win_rate": win_rate(s_pol, s_sft),
             f"{prefix}win_rate_length_controlled": win_rate(resid[n:], resid[:n]),
             f"{prefix}reward_per_token": slope}

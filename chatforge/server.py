@@ -465,7 +465,7 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0, st
 
 
 def run(args: argparse.Namespace) -> int:
-    from chatforge.chat import decoding_config, load_model
+    from chatforge.chat import load_model_and_decoding
     from chatforge.tracking import setup_logging
 
     setup_logging()
@@ -474,14 +474,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"chatforge serve: {err}", file=sys.stderr)
         return 2
-    chat_model = load_model(args, "serve")
-    if chat_model is None:
+    loaded = load_model_and_decoding(args, "serve")
+    if loaded is None:
         return 2
-    try:
-        defaults = decoding_config(args, chat_model.context_length)
-    except ValueError as err:
-        print(f"chatforge serve: {err}", file=sys.stderr)
-        return 2
+    chat_model, defaults = loaded
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model "

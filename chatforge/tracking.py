@@ -74,12 +74,14 @@ def configure_mlflow(root: Path | None = None, experiment: str | None = None) ->
 
 
 def git_commit(root: Path | None = None) -> str:
-    """The current commit (with ``-dirty`` when the work tree has changes), or ``unknown``."""
+    """The current commit (with ``-dirty`` when tracked files have changes), or ``unknown``. dvc.lock does
+    not count: ``dvc repro`` rewrites it after each stage, so every stage after the first would be dirty."""
     try:
         cwd = root or Path.cwd()
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(exclude,top)dvc.lock"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

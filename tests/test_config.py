@@ -124,3 +124,25 @@ def test_repo_params_file_loads_for_prepare_data():
 
     cfg = load_config(PrepareParams, ["--params", str(Path(__file__).resolve().parents[1] / "params.yaml")])
     assert cfg.prepare_data.sources[0].kind == "chitchat"
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_dvc_lock(tmp_path):
+    import subprocess
+
+    from chatforge.tracking import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "stages").mkdir()
+    for name in ("dvc.lock", "params.yaml", "stages/a.py"):
+        (tmp_path / name).write_text("v1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    sha = git("rev-parse", "HEAD")
+    (tmp_path / "dvc.lock").write_text("v2\n")                  # dvc repro rewrites it after every stage
+    assert git_commit(tmp_path / "stages") == sha
+    (tmp_path / "params.yaml").write_text("v2\n")
+    assert git_commit(tmp_path / "stages") == sha + "-dirty"    # seen from a subfolder too

@@ -109,18 +109,22 @@ def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
     report = evaluate_policy(tiny_model_dir, tiny_model_dir, reward_dir, reward_dir, PROMPTS, settings, seed=3)
     # Same model, same seed: identical samples, so no KL, equal rewards, every comparison a tie.
     assert abs(report["kl"]) < 1e-4 and report["win_rate"] == 0.5 and report["proxy_win_rate"] == 0.5
-    assert report["reward_sft"] == pytest.approx(report["reward_policy"])
+    assert report["reward_sft"] == pytest.approx(report["reward_policy"]) and report["reward_gain_se"] < 1e-6
     assert report["length_sft"] == report["length_policy"] > 0
     assert 0 < report["distinct2_policy"] <= 1 and report["eval_samples"] == 8
 
 
 def test_eval_helpers():
-    from chatforge.rlhf_eval import distinct_2, length_residuals, win_rate
+    from chatforge.rlhf_eval import distinct_2, gain_standard_error, length_residuals, win_rate
 
     assert distinct_2([[1, 2, 1, 2], [3, 4]]) == pytest.approx(3 / 4)
     assert win_rate([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)
     resid, slope = length_residuals([1.0, 2.0, 3.0, 4.0], [10, 20, 30, 40])
     assert slope == pytest.approx(0.1) and max(resid) - min(resid) < 1e-9     # all of it was length
+    # per-prompt mean differences 1, 2, 3 (prompt 1: differences 3 and 1): stdev 1, over sqrt(3)
+    policy, sft, prompt = [1.0, 4.0, 2.0, 4.0], [0.0, 1.0, 1.0, 1.0], [0, 1, 1, 2]
+    assert gain_standard_error(policy, sft, prompt) == pytest.approx(1 / 3 ** 0.5)
+    assert gain_standard_error([1.0], [0.0], [0]) == 0.0
 
 
 def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
