@@ -18,9 +18,6 @@ shards drops the duplicates (see ``document_pipelines`` in pipeline.py for the o
   context, so a small edit re-segments its neighbourhood and moves more shingles than it should, while
   character shingles change only around the edit (and cost no segmenter). That is ``ScriptTokenizer``,
   which datatrove takes in place of a language's word tokenizer.
-
-``MinHashLSH`` is the same near-duplicate rule (same tokens, hashes and bands) in memory, for checking a
-few texts without running executors.
 """
 
 from __future__ import annotations
@@ -30,13 +27,10 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.dedup import MinhashDedupSignature
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.pipeline.dedup.minhash import MinhashConfig
-from datatrove.utils.hashing import create_hash_func
-from datatrove.utils.text import ngrams, simplify_text
 from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
 from chatforge.cleaning.documents import STATE
@@ -118,36 +112,3 @@ class ScriptTokenizer(WordTokenizer):
 def minhash_signature_step(output_folder: str, cfg: DedupConfig) -> MinhashDedupSignature:
     """datatrove's MinHash stage 1 with our tokenizer (datatrove accepts a WordTokenizer for ``language``)."""
     return MinhashDedupSignature(output_folder=output_folder, config=minhash_config(cfg), language=ScriptTokenizer())
-
-
-class MinHashLSH:
-    """In-memory LSH over the pipeline's MinHash signatures: ``seen`` answers "is this a near duplicate of
-    something added before?" with datatrove's own shingling and hashing (nothing is written to disk)."""
-
-    def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
-        self._step = minhash_signature_step("memory://chatforge-minhash", cfg)      # only its permutations
-        self._hash = create_hash_func(self._step.config.hash_config)
-        self.buckets: list[dict[tuple[int, ...], str]] = [{} for _ in range(cfg.bands)]
-
-    def signature(self, text: str, language: str) -> list[list[int]] | None:
-        """One tuple of ``rows`` min-hashes per band, or None when the text has fewer tokens than a shingle."""
-        step = self._step
-        tokens = shingle_tokens(simplify_text(text, step.config.norm_config), language)
-        grams = [self._hash(" ".join(g)) for g in ngrams(tokens, self.cfg.shingle)]
-        if not grams:
-            return None
-        return step.get_signature(np.array(grams, dtype=np.uint64).reshape(-1, 1))     # (bands, rows)
-
-    def seen(self, doc_id: str, text: str, language: str) -> str | None:
-        """Id of an earlier near duplicate of ``text`` or None (then ``doc_id`` is added)."""
-        sig = self.signature(text, language)
-        if sig is None:
-            return None
-        keys = [tuple(band) for band in sig]
-        for bucket, key in zip(self.buckets, keys):
-            if key in bucket:
-                return bucket[key]
-        for bucket, key in zip(self.buckets, keys):
-            bucket[key] = doc_id
-        return None
