@@ -175,9 +175,9 @@ class RlhfData:
     ptx_texts: list[str] | None = None      # pretraining documents (for ppo with ptx_coef > 0)
 
 
-def common_args(cfg: RlhfConfig, seed: int, name: str) -> dict[str, Any]:
+def common_args(cfg: RlhfConfig, seed: int, name: str, learning_rate: float) -> dict[str, Any]:
     return training_args(cfg.checkpoints / name, seed, f"rlhf-{name}", logging_steps=cfg.logging_steps,
-                         learning_rate=cfg.dpo_lr if name == "dpo" else cfg.lr, max_steps=cfg.max_steps, lr_scheduler_type="constant_with_warmup",
+                         learning_rate=learning_rate, max_steps=cfg.max_steps, lr_scheduler_type="constant_with_warmup",
                          warmup_steps=0.1)
 
 
@@ -197,7 +197,7 @@ def prompt_dataset(data: RlhfData):
 def train_grpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: list):
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(**common_args(cfg, seed, "grpo"), **online_args(cfg))
+    args = GRPOConfig(**common_args(cfg, seed, "grpo", cfg.lr), **online_args(cfg))
     return GRPOTrainer(model=str(data.sft), reward_funcs=RewardModelReward(data.reward, cfg, tokenizer.eos_token_id),
                        args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks)
 
@@ -205,7 +205,7 @@ def train_grpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks:
 def train_rloo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: list):
     from trl import RLOOConfig, RLOOTrainer
 
-    args = RLOOConfig(**common_args(cfg, seed, "rloo"), **online_args(cfg))
+    args = RLOOConfig(**common_args(cfg, seed, "rloo", cfg.lr), **online_args(cfg))
     return RLOOTrainer(model=str(data.sft), reward_funcs=RewardModelReward(data.reward, cfg, tokenizer.eos_token_id),
                        args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks)
 
@@ -223,7 +223,7 @@ def train_dpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: 
             reply_tokens += len(tokenizer.encode(pair["chosen"])) + len(tokenizer.encode(pair["rejected"]))
     if not rows:
         raise ValueError("dpo: no preference pair fits max_length")
-    args = DPOConfig(**common_args(cfg, seed, "dpo"), per_device_train_batch_size=cfg.batch_size,
+    args = DPOConfig(**common_args(cfg, seed, "dpo", cfg.dpo_lr), per_device_train_batch_size=cfg.batch_size,
                      beta=cfg.dpo_beta, max_length=cfg.max_length)
     return DPOTrainer(model=str(data.sft), args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=tokenizer,
