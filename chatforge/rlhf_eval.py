@@ -11,6 +11,11 @@ temperature 1, no top-k/top-p, so the KL estimate is the real one). Then:
   reply length removed (one least-squares fit of score on length over both models' replies), so a
   policy that wins only by writing shorter or longer replies falls back to ~0.5.
 - ``proxy_*``: the same figures from the reward model RL optimised (expect them to rise faster).
+- ``proxy_judge_spearman`` and ``best_of_n_gain`` (± ``best_of_n_gain_se``): can the proxy guide RL at
+  all? The rank correlation of proxy and judge over the SFT model's replies, and the judge's gain from
+  keeping, per prompt, the SFT reply the proxy scores highest of its ``samples_per_prompt`` (best-of-n,
+  KL log n - (n-1)/n nats) over that prompt's mean. Near 0 means optimising the proxy cannot be expected
+  to raise the judge, whatever the algorithm.
 - ``kl``: mean over policy samples of sum_t [log pi(y_t) - log pi_sft(y_t)] (nats per reply; the
   Monte-Carlo estimate of KL(pi || pi_sft)), and ``kl_per_token``.
 - ``length_*`` (mean reply tokens) and ``distinct2_*`` (unique / total token bigrams over all
@@ -134,9 +139,42 @@ def length_residuals(scores: list[float], lengths: list[int]) -> tuple[list[floa
     return [s - slope * (x - mean_len) for s, x in zip(scores, lengths)], slope
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=x.__getitem__)
+        out = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / var if var else 0.0
+
+
+def best_of_n_gain(proxy: list[float], judge: list[float], groups: list[int]) -> tuple[float, float]:
+    """Judge score of each group's proxy-best reply minus the group's mean judge score: (mean, SE)."""
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    gains = [judge[max(idx, key=proxy.__getitem__)] - statistics.fmean(judge[i] for i in idx)
+             for idx in by_group.values()]
+    se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else 0.0
+    return statistics.fmean(gains), se
+
+
 def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft: Samples, policy: Samples,
-            settings: EvalSettings) -> dict[str, float]:
-    """Mean rewards, win rate and length-controlled win rate of policy vs SFT under one reward model."""
+            settings: EvalSettings) -> tuple[dict[str, float], list[float]]:
+    """Mean rewards, win rate and length-controlled win rate of policy vs SFT under one reward model,
+    and that model's scores of the SFT replies."""
     from chatforge.reward import load_reward_model, score_replies
 
     model, tokenizer = load_reward_model(rm_dir)
@@ -151,7 +189,7 @@ def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft:
             f"{prefix}reward_gain_se": gain_standard_error(s_pol, s_sft, policy.prompt_index),
             f"{prefix}win_rate": win_rate(s_pol, s_sft),
             f"{prefix}win_rate_length_controlled": win_rate(resid[n:], resid[:n]),
-            f"{prefix}reward_per_token": slope}
+            f"{prefix}reward_per_token": slope}, s_sft
 
 
 def evaluate_policy(policy_dir: Path, sft_dir: Path, judge_dir: Path, proxy_dir: Path | None,
@@ -175,9 +213,14 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, judge_dir: Path, proxy_dir:
         "length_policy": statistics.fmean(len(r) for r in pol_samples.reply_ids),
         "distinct2_sft": distinct_2(sft_samples.reply_ids), "distinct2_policy": distinct_2(pol_samples.reply_ids),
     }
-    metrics.update(compare("", judge_dir, prompts, sft_samples, pol_samples, settings))
+    judged, judge_sft = compare("", judge_dir, prompts, sft_samples, pol_samples, settings)
+    metrics.update(judged)
     if proxy_dir is not None:
-        metrics.update(compare("proxy_", proxy_dir, prompts, sft_samples, pol_samples, settings))
+        proxied, proxy_sft = compare("proxy_", proxy_dir, prompts, sft_samples, pol_samples, settings)
+        metrics.update(proxied)
+        metrics["proxy_judge_spearman"] = spearman(proxy_sft, judge_sft)
+        metrics["best_of_n_gain"], metrics["best_of_n_gain_se"] = best_of_n_gain(
+            proxy_sft, judge_sft, sft_samples.prompt_index)
     metrics["samples"] = [{"prompt": prompts[i][-1]["content"], "sft": s, "policy": p}
                           for i, s, p in zip(pol_samples.prompt_index[:8], sft_samples.replies[:8],
                                              pol_samples.replies[:8])]

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import shutil
 import typing
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def test_flow_order_is_dvc_order():
                 for out_path, producer in produced.items():
                     if str(dep.fs_path).startswith(out_path) and producer != name:
                         assert order.index(producer) < i, f"{name} runs before {producer}, which makes its input"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
+def test_profiles_load_for_every_stage(profile, tmp_path):
+    """A profile only sets keys the stages know, with values of the right type."""
+    from flows.profiles import apply_profile
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    assert apply_profile(tmp_path, profile), f"profiles/{profile}.yaml changes nothing"
+    for stage in DVC:
+        load_params_file(importlib.import_module(f"stages.{stage}").Params, tmp_path / "params.yaml")

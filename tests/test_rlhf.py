@@ -112,6 +112,8 @@ def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
     assert report["reward_sft"] == pytest.approx(report["reward_policy"]) and report["reward_gain_se"] < 1e-6
     assert report["length_sft"] == report["length_policy"] > 0
     assert 0 < report["distinct2_policy"] <= 1 and report["eval_samples"] == 8
+    # judge and proxy are the same model: they rank the SFT replies alike
+    assert report["proxy_judge_spearman"] == pytest.approx(1.0) and report["best_of_n_gain"] >= 0
 
 
 def test_eval_helpers():
@@ -125,6 +127,18 @@ def test_eval_helpers():
     policy, sft, prompt = [1.0, 4.0, 2.0, 4.0], [0.0, 1.0, 1.0, 1.0], [0, 1, 1, 2]
     assert gain_standard_error(policy, sft, prompt) == pytest.approx(1 / 3 ** 0.5)
     assert gain_standard_error([1.0], [0.0], [0]) == 0.0
+
+
+def test_proxy_diagnostics():
+    from chatforge.rlhf_eval import best_of_n_gain, spearman
+
+    assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman([1.0, 1.0, 2.0], [5.0, 5.0, 9.0]) == pytest.approx(1.0)      # ties share a rank
+    assert spearman([1.0, 1.0], [1.0, 2.0]) == 0.0
+    # prompt 0: the proxy picks reply 1 (judge 3, mean 2) -> +1; prompt 1: it picks reply 3 (judge 0, mean 1) -> -1
+    gain, se = best_of_n_gain([0.1, 0.9, 0.2, 0.8], [1.0, 3.0, 2.0, 0.0], [0, 0, 1, 1])
+    assert gain == pytest.approx(0.0) and se == pytest.approx(1.0)
 
 
 def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
