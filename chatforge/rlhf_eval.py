@@ -10,6 +10,9 @@ temperature 1, no top-k/top-p, so the KL estimate is the real one). Then:
 - ``win_rate_length_controlled``: the same on the judge's scores with their linear dependence on
   reply length removed (one least-squares fit of score on length over both models' replies), so a
   policy that wins only by writing shorter or longer replies falls back to ~0.5.
+- ``length_matched_gain`` (± ``length_matched_gain_se``) and ``length_matched_win_rate``: the policy's
+  replies against the paired SFT replies cut to the same number of tokens, so a policy that wins only
+  by stopping early falls back to ~0 (gain) and ~0.5 (win rate); no linear model of length involved.
 - ``proxy_*``: the same figures from the reward model RL optimised (expect them to rise faster).
 - ``proxy_judge_spearman`` and ``best_of_n_gain`` (± ``best_of_n_gain_se``): can the proxy guide RL at
   all? The rank correlation of proxy and judge over the SFT model's replies, and the judge's gain from
@@ -171,16 +174,25 @@ def best_of_n_gain(proxy: list[float], judge: list[float], groups: list[int]) ->
     return statistics.fmean(gains), se
 
 
+def cut_to_lengths(samples: Samples, lengths: list[int], tokenizer) -> Samples:
+    """``samples`` with each reply cut to at most the paired length in tokens."""
+    cut = [ids[:n] for ids, n in zip(samples.reply_ids, lengths)]
+    return Samples(samples.prompt_index, samples.prompt_ids, cut,
+                   [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cut])
+
+
 def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft: Samples, policy: Samples,
-            settings: EvalSettings) -> tuple[dict[str, float], list[float]]:
-    """Mean rewards, win rate and length-controlled win rate of policy vs SFT under one reward model,
-    and that model's scores of the SFT replies."""
+            sft_cut: Samples, settings: EvalSettings) -> tuple[dict[str, float], list[float]]:
+    """Mean rewards, win rates (plain, length-controlled, length-matched against ``sft_cut``) of policy
+    vs SFT under one reward model, and that model's scores of the SFT replies."""
     from chatforge.reward import load_reward_model, score_replies
 
     model, tokenizer = load_reward_model(rm_dir)
     s_sft = score_replies(model, tokenizer, [prompts[i] for i in sft.prompt_index], sft.replies,
                           settings.batch_size)
     s_pol = score_replies(model, tokenizer, [prompts[i] for i in policy.prompt_index], policy.replies,
+                          settings.batch_size)
+    s_cut = score_replies(model, tokenizer, [prompts[i] for i in sft_cut.prompt_index], sft_cut.replies,
                           settings.batch_size)
     lengths = [len(r) for r in sft.reply_ids] + [len(r) for r in policy.reply_ids]
     resid, slope = length_residuals(s_sft + s_pol, lengths)
@@ -189,6 +201,9 @@ def compare(prefix: str, rm_dir: Path, prompts: list[list[dict[str, str]]], sft:
             f"{prefix}reward_gain_se": gain_standard_error(s_pol, s_sft, policy.prompt_index),
             f"{prefix}win_rate": win_rate(s_pol, s_sft),
             f"{prefix}win_rate_length_controlled": win_rate(resid[n:], resid[:n]),
+            f"{prefix}length_matched_gain": statistics.fmean(s_pol) - statistics.fmean(s_cut),
+            f"{prefix}length_matched_gain_se": gain_standard_error(s_pol, s_cut, policy.prompt_index),
+            f"{prefix}length_matched_win_rate": win_rate(s_pol, s_cut),
             f"{prefix}reward_per_token": slope}, s_sft
 
 
@@ -213,10 +228,11 @@ def evaluate_policy(policy_dir: Path, sft_dir: Path, judge_dir: Path, proxy_dir:
         "length_policy": statistics.fmean(len(r) for r in pol_samples.reply_ids),
         "distinct2_sft": distinct_2(sft_samples.reply_ids), "distinct2_policy": distinct_2(pol_samples.reply_ids),
     }
-    judged, judge_sft = compare("", judge_dir, prompts, sft_samples, pol_samples, settings)
+    sft_cut = cut_to_lengths(sft_samples, [len(r) for r in pol_samples.reply_ids], tokenizer)
+    judged, judge_sft = compare("", judge_dir, prompts, sft_samples, pol_samples, sft_cut, settings)
     metrics.update(judged)
     if proxy_dir is not None:
-        proxied, proxy_sft = compare("proxy_", proxy_dir, prompts, sft_samples, pol_samples, settings)
+        proxied, proxy_sft = compare("proxy_", proxy_dir, prompts, sft_samples, pol_samples, sft_cut, settings)
         metrics.update(proxied)
         metrics["proxy_judge_spearman"] = spearman(proxy_sft, judge_sft)
         metrics["best_of_n_gain"], metrics["best_of_n_gain_se"] = best_of_n_gain(

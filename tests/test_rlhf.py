@@ -114,6 +114,7 @@ def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
     assert 0 < report["distinct2_policy"] <= 1 and report["eval_samples"] == 8
     # judge and proxy are the same model: they rank the SFT replies alike
     assert report["proxy_judge_spearman"] == pytest.approx(1.0) and report["best_of_n_gain"] >= 0
+    assert report["length_matched_gain"] == pytest.approx(0.0) and report["length_matched_win_rate"] == 0.5
 
 
 def test_eval_helpers():
@@ -139,6 +140,18 @@ def test_proxy_diagnostics():
     # prompt 0: the proxy picks reply 1 (judge 3, mean 2) -> +1; prompt 1: it picks reply 3 (judge 0, mean 1) -> -1
     gain, se = best_of_n_gain([0.1, 0.9, 0.2, 0.8], [1.0, 3.0, 2.0, 0.0], [0, 0, 1, 1])
     assert gain == pytest.approx(0.0) and se == pytest.approx(1.0)
+
+
+def test_cut_to_lengths():
+    from chatforge.rlhf_eval import Samples, cut_to_lengths
+
+    class Decoder:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids)) + " "
+
+    samples = Samples([0, 1], [[9], [9]], [[1, 2, 3, 4], [5, 6]], ["1 2 3 4", "5 6"])
+    cut = cut_to_lengths(samples, [2, 5], Decoder())
+    assert cut.reply_ids == [[1, 2], [5, 6]] and cut.replies == ["1 2", "5 6"] and cut.prompt_index == [0, 1]
 
 
 def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
