@@ -45,8 +45,8 @@ def write_shards(docs: list[dict], folder: Path, shards: int) -> list[Path]:
 
 
 def run_ours(files: list[Path], work: Path, workers: int) -> float:
-    from chatforge.cleaning.executor import ExecutorConfig
-    from chatforge.cleaning.pipeline import CleaningConfig, clean_document_files
+    from chatforge.data.cleaning.executor import ExecutorConfig
+    from chatforge.data.cleaning.pipeline import CleaningConfig, clean_document_files
 
     start = time.perf_counter()
     clean_document_files(files, CleaningConfig(), ExecutorConfig(tasks=workers, workers=workers, work_dir=work))
@@ -55,13 +55,17 @@ def run_ours(files: list[Path], work: Path, workers: int) -> float:
 
 def run_datatrove(folder: Path, work: Path, workers: int) -> float:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                          MinhashDedupSignature)
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from chatforge.cleaning.dedup import DedupConfig, minhash_config
-    from chatforge.cleaning.filters import QualityConfig, build_filters
+    from chatforge.data.cleaning.dedup import DedupConfig, minhash_config
+    from chatforge.data.cleaning.filters import QualityConfig, build_filters
 
     minhash = minhash_config(DedupConfig())
     stages = [
@@ -79,7 +83,7 @@ def run_datatrove(folder: Path, work: Path, workers: int) -> float:
 
 
 def main() -> None:
-    from chatforge.cleaning.executor import ExecutorConfig
+    from chatforge.data.cleaning.executor import ExecutorConfig
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=400, help="chat documents at 1x")

@@ -1,7 +1,7 @@
 """Inference speed: PyTorch eager vs ONNX Runtime on the exported graph, greedy with a KV cache.
 
 Same model (same random init), same prompts of a fixed length, same decoding loop
-(``chatforge.generation.sample_tokens`` over ``TorchStep`` and ``OrtStep``, EOS ignored so both
+(``chatforge.inference.decoding.sample_tokens`` over ``TorchStep`` and ``OrtStep``, EOS ignored so both
 decode the same number of tokens), at two model sizes, measured side by side in one run: rounds
 alternate between the runtimes and the best round of each counts (the machine is shared, so the
 best is the least disturbed). Time to first token is the prefill of the prompt plus the first
@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pretrain_throughput import synthetic_texts  # noqa: E402
-from chatforge.export import ExportConfig, compare_speed, export_policy  # noqa: E402
-from chatforge.generation import TorchStep  # noqa: E402
-from chatforge.modeling import ModelConfig, build_model, count_parameters  # noqa: E402
-from chatforge.onnx_runtime import OrtStep, load_export  # noqa: E402
-from chatforge.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from chatforge.inference.decoding import TorchStep  # noqa: E402
+from chatforge.inference.export import ExportConfig, export_policy  # noqa: E402
+from chatforge.inference.onnx_runtime import OrtStep, load_export  # noqa: E402
+from chatforge.inference.verify import compare_speed
+from chatforge.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
+from chatforge.train.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 SIZES = {
     # the params.yaml (tiny profile) model, and one ~4x bigger in compute (as bench/pretrain_throughput.py)

@@ -42,10 +42,10 @@ def main() -> None:
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from chatforge.modeling import ModelConfig, build_model, llama_config
-    from chatforge.ppo import PPOConfig, score_policy, train_ppo
-    from chatforge.records import RecordError, normalize_preference
-    from chatforge.tokenizer import TokenizerConfig, train_tokenizer
+    from chatforge.data.records import RecordError, normalize_preference
+    from chatforge.rl.ppo import PPOConfig, score_policy, train_ppo
+    from chatforge.train.model import ModelConfig, build_model, llama_config
+    from chatforge.train.tokenizer import TokenizerConfig, train_tokenizer
 
     records = []
     with gzip.open(HH, "rt", encoding="utf-8") as fh:

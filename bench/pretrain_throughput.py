@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatforge.modeling import ModelConfig, build_model, count_parameters  # noqa: E402
-from chatforge.packing import packed_blocks  # noqa: E402
-from chatforge.pretraining import PretrainConfig, collate_blocks, training_arguments  # noqa: E402
-from chatforge.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
+from chatforge.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
+from chatforge.train.packing import packed_blocks  # noqa: E402
+from chatforge.train.pretrain import PretrainConfig, collate_blocks, training_arguments  # noqa: E402
+from chatforge.train.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
 SIZES = {
     # the params.yaml (tiny profile) model, and one ~4x wider/deeper in compute

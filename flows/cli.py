@@ -15,9 +15,9 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run_command", "run the whole pipeline (DVC stages through the Prefect flow)"),
-    "clean": ("chatforge.cleaning.cli", "clean .txt/.html/.jsonl files: boilerplate, PII, quality filters, dedup"),
-    "chat": ("chatforge.chat", "chat with a model in the terminal (a model directory, models:/... or --onnx)"),
-    "serve": ("chatforge.server", "serve a model: OpenAI-compatible /v1/chat/completions and a chat page"),
+    "clean": ("chatforge.data.cleaning.cli", "clean .txt/.html/.jsonl files: boilerplate, PII, quality filters, dedup"),
+    "chat": ("chatforge.serve.chat_cli", "chat with a model in the terminal (a model directory, models:/... or --onnx)"),
+    "serve": ("chatforge.serve.cli", "serve a model: OpenAI-compatible /v1/chat/completions and a chat page"),
 }
 
 

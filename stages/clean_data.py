@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatforge.cleaning.pipeline import CleanDataConfig, clean_all, clean_report
-from chatforge.cleaning.validate import validate_outputs
-from chatforge.config import load_config
-from chatforge.jsonl import atomic_open, write_jsonl
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_open, write_jsonl
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.data.cleaning.pipeline import CleanDataConfig, clean_all, clean_report
+from chatforge.data.cleaning.validate import validate_outputs
 
 log = logging.getLogger(__name__)
 

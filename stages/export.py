@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.export import (ExportConfig, ExportError, ExportVerificationFailed, check_tensorrt_requirement,
-                              export_policy, gpu_exports, load_policy, verification_failures, verify_onnx)
-from chatforge.jsonl import atomic_dir
-from chatforge.onnx_runtime import METADATA_FILE
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_dir
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.inference.export import ExportConfig, ExportError, ExportVerificationFailed, export_policy, load_policy
+from chatforge.inference.gpu_export import check_tensorrt_requirement, gpu_exports
+from chatforge.inference.onnx_runtime import METADATA_FILE
+from chatforge.inference.verify import verification_failures, verify_onnx
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.ingest import PrepareDataConfig, ingest
-from chatforge.jsonl import write_jsonl
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import write_jsonl
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.data.ingest import PrepareDataConfig, ingest
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.launcher import relaunch_command, run_launched
-from chatforge.modeling import ModelConfig
-from chatforge.pretraining import PretrainConfig, pretrain, samples_markdown
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.launcher import relaunch_command, run_launched
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.train.model import ModelConfig
+from chatforge.train.pretrain import PretrainConfig, pretrain, samples_markdown
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.jsonl import atomic_dir
-from chatforge.packing import documents_by_split
-from chatforge.preferences import by_split, read_preferences, read_prompts, split_preferences
-from chatforge.reward import RewardModelConfig
-from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
-from chatforge.rlhf_eval import evaluate_policy
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_dir
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.rl.algorithms import RlhfConfig, load_rlhf_data, train_policy
+from chatforge.rl.evaluation import evaluate_policy, reward_model_warning
+from chatforge.train.reward import RewardModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +36,8 @@ class Params:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     cfg = load_config(Params, argv, description=__doc__)
-    rl, rc = cfg.rlhf, cfg.train_reward
-    prompts = read_prompts(rl.prompts).records
-    train_prompts = [p["messages"] for p in by_split(prompts, "train", cfg.seed, rc.validation_fraction)]
-    eval_prompts = [p["messages"] for p in by_split(prompts, "validation", cfg.seed, rc.validation_fraction)]
-    pairs = []
-    if rl.algorithm == "dpo":
-        pairs = split_preferences(read_preferences(rc.input).records, cfg.seed, rc.judge_fraction,
-                                  rc.validation_fraction).reward
-    ptx_texts = None
-    if rl.algorithm == "ppo" and rl.ppo.ptx_coef > 0:          # InstructGPT's PPO-ptx: pretraining text too
-        ptx_texts = documents_by_split(rl.ptx_input)["train"]
-    data = RlhfData(sft=rl.sft, reward=rl.reward, prompts=train_prompts, pairs=pairs, ptx_texts=ptx_texts)
+    rl = cfg.rlhf
+    data, eval_prompts = load_rlhf_data(rl, cfg.train_reward, cfg.seed)
     with stage_run("rlhf", cfg) as run, atomic_dir(rl.output) as out:
         start = time.perf_counter()
         report = train_policy(rl, data, cfg.seed, out)
@@ -64,11 +52,9 @@ def main(argv: list[str] | None = None) -> None:
                  "KL %.2f nats, length %.1f -> %.1f", rl.algorithm, report["steps"], report["reward_sft"],
                  report["reward_policy"], report["win_rate"], report["win_rate_length_controlled"], report["kl"],
                  report["length_sft"], report["length_policy"])
-        if rl.algorithm != "dpo" and report["best_of_n_gain"] < 2 * report["best_of_n_gain_se"]:
-            log.warning("the reward model does not rank the SFT model's replies as the judge does (Spearman %.2f; "
-                        "best-of-%d by reward model moves the judge by %.3f +- %.3f): optimising it is not expected "
-                        "to raise the judge's reward, whatever the online algorithm", report["proxy_judge_spearman"],
-                        rl.evaluation.samples_per_prompt, report["best_of_n_gain"], report["best_of_n_gain_se"])
+        warning = reward_model_warning(report, rl.algorithm, rl.evaluation.samples_per_prompt)
+        if warning:
+            log.warning(warning)
 
 
 if __name__ == "__main__":

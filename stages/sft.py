@@ -11,10 +11,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.jsonl import atomic_dir, read_jsonl
-from chatforge.sft import SftConfig, train_sft
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_dir
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.data.records import read_by_split
+from chatforge.train.sft import SftConfig, train_sft
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     cfg = load_config(Params, argv, description=__doc__)
     sft = cfg.sft
-    records = read_jsonl(sft.input)
-    train = [r for r in records if r.get("split", "train") == "train"]
-    validation = [r for r in records if r.get("split") == "validation"]
+    splits = read_by_split(sft.input)
     start = time.perf_counter()
     with stage_run("sft", cfg) as run, atomic_dir(sft.output) as out:
-        metrics = train_sft(sft, train, validation, cfg.seed, out)
+        metrics = train_sft(sft, splits["train"], splits["validation"], cfg.seed, out)
         metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
         run.report(sft.report, metrics)
 

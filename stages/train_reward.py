@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.jsonl import atomic_dir
-from chatforge.preferences import read_preferences, split_preferences
-from chatforge.reward import RewardModelConfig, load_reward_model, pairwise_metrics, train_reward_model
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_dir
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.data.preferences import read_preferences, split_preferences
+from chatforge.train.reward import RewardModelConfig, agreement, train_and_score
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,6 @@ class Params:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import mlflow
-
     setup_logging()
     cfg = load_config(Params, argv, description=__doc__)
     rc = cfg.train_reward
@@ -45,22 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with stage_run("train_reward", cfg) as run:
         with atomic_dir(rc.output) as out:
-            report.update({f"train_{k}": v for k, v in train_reward_model(rc, reward_pairs, cfg.seed, out).items()})
-            model, tok = load_reward_model(out)
-            metrics, margins = pairwise_metrics(model, tok, validation, rc.eval_batch_size)
+            metrics, margins = train_and_score(rc, reward_pairs, validation, cfg.seed, out)
             report.update(metrics)
-        # The judge logs into a child run: the trainer's params would clash with the reward model's.
-        child = mlflow.start_run(run_name="train_reward/judge", nested=True) if run.run_id else nullcontext()
-        with child, atomic_dir(rc.judge_output) as out:
-            report.update({f"judge_train_{k}": v
-                           for k, v in train_reward_model(rc, judge_pairs, cfg.seed + 1, out, "judge").items()})
-            model, tok = load_reward_model(out)
-            judge, judge_margins = pairwise_metrics(model, tok, validation, rc.eval_batch_size)
+        with run.child("judge"), atomic_dir(rc.judge_output) as out:
+            judge, judge_margins = train_and_score(rc, judge_pairs, validation, cfg.seed + 1, out, "judge")
             report.update({f"judge_{k}": v for k, v in judge.items() if k != "pairs"})
         if margins:
-            # How often the two models order a held-out pair the same way: low agreement means the
-            # judge is a real second opinion, not a copy.
-            report["judge_agreement"] = sum((a > 0) == (b > 0) for a, b in zip(margins, judge_margins)) / len(margins)
+            report["judge_agreement"] = agreement(margins, judge_margins)
         report["wall_seconds"] = round(time.perf_counter() - start, 1)
         run.report(rc.report, report)
         log.info("train_reward: held-out accuracy %.3f (margin %.3f), judge %.3f", report.get("accuracy", 0.0),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatforge.config import load_config
-from chatforge.jsonl import atomic_dir, read_jsonl
-from chatforge.tokenizer import TokenizerConfig, held_out_compression, train_tokenizer
-from chatforge.tracking import setup_logging, stage_run
+from chatforge.core.config import load_config
+from chatforge.core.files import atomic_dir
+from chatforge.core.tracking import setup_logging, stage_run
+from chatforge.data.records import documents_by_split
+from chatforge.train.tokenizer import TokenizerConfig, held_out_compression, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Params, argv, description=__doc__)
     tc = cfg.train_tokenizer
     with stage_run("train_tokenizer", cfg) as run:
-        documents = read_jsonl(tc.input)
-        train = [d["text"] for d in documents if d.get("split", "train") == "train"]
-        held_out = [d["text"] for d in documents if d.get("split") == "validation"]
+        texts = documents_by_split(tc.input)
+        train, held_out = texts["train"], texts["validation"]
         log.info("train_tokenizer: %d training documents (%d chars), %d held out", len(train),
                  sum(map(len, train)), len(held_out))
         tokenizer = train_tokenizer(train, tc)

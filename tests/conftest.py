@@ -60,14 +60,14 @@ TINY_TEXTS = [
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE with our chat template, trained in-process on TINY_TEXTS."""
-    from chatforge.tokenizer import TokenizerConfig, train_tokenizer
+    from chatforge.train.tokenizer import TokenizerConfig, train_tokenizer
 
     return train_tokenizer(TINY_TEXTS, TokenizerConfig(vocab_size=512, min_frequency=1))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_config():
-    from chatforge.modeling import ModelConfig
+    from chatforge.train.model import ModelConfig
 
     return ModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
                        context_length=128)
@@ -76,7 +76,7 @@ def tiny_model_config():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
     """A saved 2-layer Llama + tokenizer directory (random weights), like models/base/."""
-    from chatforge.modeling import build_model
+    from chatforge.train.model import build_model
 
     path = tmp_path_factory.mktemp("tiny-model")
     build_model(tiny_model_config, tiny_tokenizer, seed=0).save_pretrained(path)
@@ -120,7 +120,7 @@ def mlflow_uri(_mlflow_seed_db, tmp_path, monkeypatch):
     # The stages' experiment, made here with its artifacts in tmp_path, and active: otherwise
     # configure_mlflow would put artifacts in <cwd>/mlartifacts and bare start_run() calls in
     # the Default experiment's ./mlruns, both inside the repo.
-    from chatforge.tracking import DEFAULT_EXPERIMENT
+    from chatforge.core.tracking import DEFAULT_EXPERIMENT
 
     exp_id = mlflow.create_experiment(DEFAULT_EXPERIMENT, (tmp_path / "mlartifacts").as_uri())
     mlflow.set_experiment(experiment_id=exp_id)
@@ -150,8 +150,8 @@ def train_tiny(tokenizer, model_config, steps: tuple[int, ...] = (40,)) -> dict[
 
     import torch
 
-    from chatforge.conversation import encode_chat
-    from chatforge.modeling import build_model
+    from chatforge.train.chat_format import encode_chat
+    from chatforge.train.model import build_model
 
     model = build_model(model_config, tokenizer, seed=0)
     rows = [encode_chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}], tokenizer,
@@ -196,7 +196,7 @@ class GatedStep:
     """The model's step, logging each call's width and pausing at call ``pause_at`` until ``gate`` opens."""
 
     def __init__(self, model, pause_at: int):
-        from chatforge.generation import TorchStep
+        from chatforge.inference.decoding import TorchStep
 
         self.inner = TorchStep(model)
         self.calls: list[int] = []

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-from chatforge import chat
-from chatforge.generation import ChatModel, DecodingConfig, load_chat_model
 from conftest import REPO
 
+from chatforge.inference.decoding import ChatModel, DecodingConfig, load_chat_model
+from chatforge.serve import chat_cli as chat
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,7 +120,7 @@ def hello_reply(model_dir) -> str:
 def test_chat_with_a_registered_model_by_alias(trained_chat_dir, mlflow_uri, monkeypatch, capsys):
     import mlflow
 
-    from chatforge.registry import register_model
+    from chatforge.eval.registry import register_model
 
     with mlflow.start_run():
         version = register_model(trained_chat_dir, "chatforge-policy", tags={"git_commit": "abc"})

@@ -11,10 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from chatforge.generation import ChatModel, DecodingConfig, load_chat_model
-from chatforge.server import create_app, serve_in_background
 from conftest import GatedStep
+
+from chatforge.inference.decoding import ChatModel, DecodingConfig, load_chat_model
+from chatforge.serve.app import create_app
+from chatforge.serve.launch import serve_in_background
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

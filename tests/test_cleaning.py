@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from chatforge.cleaning.boilerplate import Boilerplate, BoilerplateConfig
-from chatforge.cleaning.dedup import DedupConfig
-from chatforge.cleaning.pii import redact, valid_id_card
-from chatforge.cleaning.pipeline import CleaningConfig, clean_documents, clean_records
+from chatforge.data.cleaning.boilerplate import Boilerplate, BoilerplateConfig
+from chatforge.data.cleaning.dedup import DedupConfig
+from chatforge.data.cleaning.pii import redact, valid_id_card
+from chatforge.data.cleaning.pipeline import CleaningConfig, clean_documents, clean_records
 
 ZH_ARTICLE = [
     "ChatGPT 是 OpenAI 开发的大型语言模型聊天机器人，它通过人类反馈强化学习进行训练，可以回答问题、写作和翻译。",
@@ -185,7 +185,7 @@ def test_cli_handles_bad_input_and_loses_nothing(tmp_path, capsys):
 
 
 def test_stage_end_to_end_and_validation_failure(tmp_path, monkeypatch, mlflow_uri):
-    from chatforge.cleaning.validate import ValidationFailed, validate_outputs
+    from chatforge.data.cleaning.validate import ValidationFailed, validate_outputs
     from stages.clean_data import main
 
     monkeypatch.chdir(tmp_path)
@@ -248,8 +248,8 @@ def sharded_runs(tmp_path_factory):
     """The documents pipeline on one input, with 1 task and 1 worker and with 2 tasks and 2 workers. The second
     task gets a copy of "a" (before anything else it keeps, so a lower index than "a" has in the first task), a
     near copy of "a" and a near copy of the Chinese page "zh"."""
-    from chatforge.cleaning.executor import ExecutorConfig
-    from chatforge.cleaning.pipeline import clean_document_files
+    from chatforge.data.cleaning.executor import ExecutorConfig
+    from chatforge.data.cleaning.pipeline import clean_document_files
 
     tmp = tmp_path_factory.mktemp("shards")
     base = " ".join(EN_ARTICLE)
@@ -275,7 +275,7 @@ def test_two_workers_keep_the_same_documents_as_one(sharded_runs):
 
 
 def test_duplicates_in_different_shards_are_caught(sharded_runs):
-    from chatforge.cleaning.documents import JsonlRangeReader
+    from chatforge.data.cleaning.documents import JsonlRangeReader
 
     path, _, runs = sharded_runs
     shards = [[d.id for d in JsonlRangeReader([path]).run(rank=rank, world_size=2)] for rank in range(2)]
@@ -309,9 +309,9 @@ def _slurm_params(tmp_path):
 def test_executor_params_build_local_slurm_and_ray_executors(tmp_path):
     from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 
-    from chatforge.cleaning.executor import build_chain
-    from chatforge.cleaning.pipeline import CleanDataConfig, document_pipelines
-    from chatforge.config import ConfigError, build_dataclass
+    from chatforge.core.config import ConfigError, build_dataclass
+    from chatforge.data.cleaning.executor import build_chain
+    from chatforge.data.cleaning.pipeline import CleanDataConfig, document_pipelines
 
     pipelines = document_pipelines([tmp_path / "documents.jsonl"], CleaningConfig(), tmp_path / "work")
     names = [p.name for p in pipelines]
@@ -358,9 +358,9 @@ def test_executor_params_build_local_slurm_and_ray_executors(tmp_path):
 def test_slurm_wait_fails_when_a_job_leaves_the_queue_undone(tmp_path, monkeypatch):
     import os
 
-    from chatforge.cleaning.executor import build_executor, wait_for_slurm
-    from chatforge.cleaning.pipeline import CleanDataConfig
-    from chatforge.config import build_dataclass
+    from chatforge.core.config import build_dataclass
+    from chatforge.data.cleaning.executor import build_executor, wait_for_slurm
+    from chatforge.data.cleaning.pipeline import CleanDataConfig
 
     cfg = build_dataclass(CleanDataConfig, {"executor": _slurm_params(tmp_path)}).executor
     job = build_executor([], "dedup", 2, cfg, tmp_path / "logs")
@@ -381,9 +381,9 @@ def test_slurm_wait_fails_when_a_job_leaves_the_queue_undone(tmp_path, monkeypat
 
 
 def test_a_work_dir_that_clean_data_did_not_make_is_left_alone(tmp_path):
-    from chatforge.cleaning.executor import ExecutorConfig
-    from chatforge.cleaning.pipeline import prepare_work_dir
-    from chatforge.jsonl import InputError
+    from chatforge.core.files import InputError
+    from chatforge.data.cleaning.executor import ExecutorConfig
+    from chatforge.data.cleaning.pipeline import prepare_work_dir
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty and was not made by clean_data"):

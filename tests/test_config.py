@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from chatforge.config import ConfigError, field_help, flatten, load_config, to_dict
+from chatforge.core.config import ConfigError, field_help, flatten, load_config, to_dict
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def test_repo_params_file_loads_for_prepare_data():
 def test_git_commit_is_dirty_for_code_changes_but_not_for_dvc_lock(tmp_path):
     import subprocess
 
-    from chatforge.tracking import git_commit
+    from chatforge.core.tracking import git_commit
 
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatforge.config import load_params_file
+from chatforge.core.config import load_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

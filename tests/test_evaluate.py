@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from chatforge.evaluation import gather, render_samples
-from chatforge.report import environment
-from chatforge.report_card import make_plots, render_report_card
+from chatforge.eval.figures import environment
+from chatforge.eval.measurements import gather, render_samples
+from chatforge.eval.report_card import make_plots, render_report_card
 
 REPORTS = {
     "prepare_data": {"records_in": 100, "records_accepted": 80, "records_rejected": 20,
@@ -76,7 +76,7 @@ def workspace(tmp_path, tiny_model_dir, tiny_tokenizer):
 def test_evaluate_stage_measures_registers_and_gates(workspace, monkeypatch, mlflow_uri):
     import mlflow
 
-    from chatforge.registry import CANDIDATE, CHAMPION, alias_version
+    from chatforge.eval.registry import CANDIDATE, CHAMPION, alias_version
     from stages.evaluate import main
 
     monkeypatch.chdir(workspace)

@@ -37,7 +37,7 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
     embeddings make it repeat one token forever, and equal greedy tokens would prove little."""
     from dataclasses import replace
 
-    from chatforge.modeling import build_model
+    from chatforge.train.model import build_model
 
     path = tmp_path_factory.mktemp("export-model")
     build_model(replace(tiny_model_config, initializer_range=0.2), tiny_tokenizer, seed=0).save_pretrained(path)
@@ -49,8 +49,8 @@ def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
 def staged(tmp_path_factory, model_dir, _mlflow_seed_db):
     """The export stage run once on the tiny model, with a real sqlite MLflow store."""
     import mlflow
-
     from conftest import forget_mlflow_experiment
+
     from stages.export import main
 
     root = tmp_path_factory.mktemp("export-stage")
@@ -73,14 +73,14 @@ def staged(tmp_path_factory, model_dir, _mlflow_seed_db):
 
 @pytest.fixture(scope="module")
 def torch_model(model_dir):
-    from chatforge.export import load_policy
+    from chatforge.inference.export import load_policy
 
     return load_policy(model_dir)
 
 
 @pytest.fixture(scope="module")
 def ort_step(staged):
-    from chatforge.onnx_runtime import OrtStep, load_export
+    from chatforge.inference.onnx_runtime import OrtStep, load_export
 
     return OrtStep(*load_export(staged.out))
 
@@ -89,7 +89,7 @@ def test_stage_writes_a_verified_export_and_logs_it(staged, model_dir):
     import onnx
     from mlflow import MlflowClient
 
-    from chatforge.export import file_sha256
+    from chatforge.core.hashing import file_sha256
 
     files = {p.name for p in staged.out.iterdir()}
     assert {"model.onnx", "model.onnx.data", "chatforge_export.json", "tokenizer.json"} <= files
@@ -125,7 +125,7 @@ def test_stage_writes_a_verified_export_and_logs_it(staged, model_dir):
 
 @pytest.mark.parametrize("batch, seq, past", [(1, 6, 0), (3, 1, 9), (2, 4, 3)])
 def test_ort_matches_torch_at_prefill_decode_and_mixed_shapes(staged, torch_model, ort_step, batch, seq, past):
-    from chatforge.export import flat_kv_decoder
+    from chatforge.inference.export import flat_kv_decoder
 
     model, _ = torch_model
     gen = torch.Generator().manual_seed(batch * 100 + seq * 10 + past)
@@ -144,7 +144,8 @@ def test_ort_matches_torch_at_prefill_decode_and_mixed_shapes(staged, torch_mode
 
 def test_left_padding_matches_on_real_positions(torch_model, ort_step):
     """A padded row's real positions agree (padded query positions are garbage in both)."""
-    from chatforge.export import flat_kv_decoder, max_diff
+    from chatforge.inference.export import flat_kv_decoder
+    from chatforge.inference.verify import max_diff
 
     model, _ = torch_model
     ids = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -157,9 +158,9 @@ def test_left_padding_matches_on_real_positions(torch_model, ort_step):
 
 
 def test_greedy_and_beam_search_through_ort_match_torch(torch_model, ort_step):
-    from chatforge.conversation import encode_chat
-    from chatforge.export import greedy_generate, greedy_loop
-    from chatforge.generation import DecodingConfig, TorchStep, beam_search
+    from chatforge.inference.decoding import DecodingConfig, TorchStep, beam_search
+    from chatforge.inference.verify import greedy_generate, greedy_loop
+    from chatforge.train.chat_format import encode_chat
 
     model, tokenizer = torch_model
     eos = tokenizer.eos_token_id
@@ -172,7 +173,7 @@ def test_greedy_and_beam_search_through_ort_match_torch(torch_model, ort_step):
 
 
 def test_chat_model_from_the_export_replies_like_torch(staged, model_dir):
-    from chatforge.generation import DecodingConfig, load_chat_model
+    from chatforge.inference.decoding import DecodingConfig, load_chat_model
 
     onnx_chat, torch_chat = load_chat_model(staged.out, onnx=True), load_chat_model(model_dir)
     assert onnx_chat.context_length == torch_chat.context_length == 128
@@ -194,7 +195,8 @@ def test_a_graph_with_wrong_weights_fails_verification(staged, torch_model, tmp_
     import onnx
     from onnx import numpy_helper
 
-    from chatforge.export import ExportConfig, verification_failures, verify_onnx
+    from chatforge.inference.export import ExportConfig
+    from chatforge.inference.verify import verification_failures, verify_onnx
 
     model, tokenizer = torch_model
     bad = tmp_path / "bad"
@@ -245,7 +247,7 @@ def expected_tensorrt_reason() -> str | None:
 
 
 def test_tensorrt_skipped_is_reported_with_a_working_command(staged):
-    from chatforge.config import load_params_file
+    from chatforge.core.config import load_params_file
     from stages.export import Params
 
     reason = expected_tensorrt_reason()
@@ -265,7 +267,8 @@ def test_tensorrt_skipped_is_reported_with_a_working_command(staged):
 
 
 def test_tensorrt_required_without_it_fails_before_any_work(tmp_path, model_dir):
-    from chatforge.export import ExportConfig, tensorrt_unavailable
+    from chatforge.inference.export import ExportConfig
+    from chatforge.inference.gpu_export import tensorrt_unavailable
     from stages.export import main
 
     assert tensorrt_unavailable(ExportConfig(tensorrt="off")) == "export.tensorrt is off"

@@ -1,4 +1,4 @@
-"""The decoding loop of chatforge.generation against ``model.generate``, and the chat layer on top.
+"""The decoding loop of chatforge.inference.decoding against ``model.generate``, and the chat layer on top.
 
 A random model never emits EOS, which would leave the EOS paths of greedy and beam search
 untested, so ``trained`` is the tiny model after 10 or 40 steps on four conversations: their
@@ -11,11 +11,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from chatforge.conversation import encode_chat
 from conftest import train_tiny
-from chatforge.generation import (ChatModel, Completion, DecodingConfig, ReplyPenaltyLogitsProcessor, TextStream,
-                                  TorchStep, beam_search, load_chat_model, sample_tokens)
+
+from chatforge.inference.decoding import (
+    ChatModel,
+    Completion,
+    DecodingConfig,
+    ReplyPenaltyLogitsProcessor,
+    TextStream,
+    TorchStep,
+    beam_search,
+    load_chat_model,
+    sample_tokens,
+)
+from chatforge.train.chat_format import encode_chat
 
 PROMPTS = ["hello", "how are you?", "what is your favourite book?", "你好",                 # learnt
            "tell me about the weather", "数据清洗", "今天天气很好", "what does a reward model do?", "good night"]

@@ -1,4 +1,4 @@
-"""PPO (chatforge/ppo.py): the maths against hand-computed cases, learning, and resume."""
+"""PPO (chatforge/rl/ppo.py): the maths against hand-computed cases, learning, and resume."""
 
 import logging
 import math
@@ -6,9 +6,19 @@ import math
 import pytest
 import torch
 
-from chatforge.config import ConfigError, build_dataclass
-from chatforge.ppo import (AdaptiveKLController, FixedKLController, PPOConfig, gae, kl_per_token, masked_whiten,
-                           policy_loss, score_policy, train_ppo, value_loss)
+from chatforge.core.config import ConfigError, build_dataclass
+from chatforge.rl.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    PPOConfig,
+    gae,
+    kl_per_token,
+    masked_whiten,
+    policy_loss,
+    score_policy,
+    train_ppo,
+    value_loss,
+)
 
 PROMPTS = [[{"role": "user", "content": t}] for t in
            ("hello there", "how are you", "what is the weather like", "tell me a story", "你好")]
@@ -142,7 +152,7 @@ def tiny_reward_dir(tmp_path, tiny_tokenizer, tiny_model_config):
     """A random reward model (LlamaForSequenceClassification, one label) saved with its tokenizer."""
     from transformers import LlamaForSequenceClassification
 
-    from chatforge.modeling import llama_config
+    from chatforge.train.model import llama_config
 
     config = llama_config(tiny_model_config, tiny_tokenizer)
     config.num_labels = 1
@@ -181,7 +191,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_model_dir, tin
 
 
 def test_a_checkpoint_from_other_settings_is_not_resumed(tiny_model_dir, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="chatforge.ppo")
+    caplog.set_level(logging.INFO, logger="chatforge.rl.ppo")
     cfg = PPOConfig(steps=1, rollout_batch_size=2, mini_batch_size=2, max_new_tokens=2)
     train_ppo(tiny_model_dir, ascii_letter_fraction, PROMPTS, cfg, tmp_path / "out", checkpoint_dir=tmp_path / "c")
     other = PPOConfig(steps=1, rollout_batch_size=2, mini_batch_size=2, max_new_tokens=2, lr=1.0e-4)
@@ -196,7 +206,7 @@ TWO_RANKS = """
 import json, os, sys
 from pathlib import Path
 import torch.distributed as dist
-from chatforge.ppo import PPOConfig, train_ppo
+from chatforge.rl.ppo import PPOConfig, train_ppo
 
 dist.init_process_group("gloo")
 policy, reward, out = map(Path, sys.argv[1:4])

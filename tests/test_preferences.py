@@ -5,7 +5,7 @@ import gzip
 import json
 from pathlib import Path
 
-from chatforge.preferences import read_preferences, read_prompts, split_preferences
+from chatforge.data.preferences import read_preferences, read_prompts, split_preferences
 
 OURS = {"id": "c1#1", "prompt": [{"role": "user", "content": "Hi there"}], "chosen": "Hello!", "rejected": "Go away.",
         "split": "train"}

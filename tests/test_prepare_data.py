@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from chatforge.ingest import PrepareDataConfig, SourceConfig, ingest
-from chatforge.jsonl import InputError, read_jsonl
+from chatforge.core.files import InputError, read_jsonl
+from chatforge.data.ingest import PrepareDataConfig, SourceConfig, ingest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"

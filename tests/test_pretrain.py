@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chatforge.checkpoints import MARKER, last_complete_checkpoint, prepare_checkpoint_dir
-from chatforge.packing import pack_ids, packed_blocks
-from chatforge.perplexity import token_byte_lengths, unigram_counts, unigram_score
-from chatforge.pretraining import PretrainConfig, pretrain
+from chatforge.train.checkpoints import MARKER, last_complete_checkpoint, prepare_checkpoint_dir
+from chatforge.train.packing import pack_ids, packed_blocks
+from chatforge.train.perplexity import token_byte_lengths, unigram_counts, unigram_score
+from chatforge.train.pretrain import PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -145,9 +145,9 @@ KILLER = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
     from transformers import TrainerCallback
-    from chatforge.config import build_dataclass
-    from chatforge.modeling import ModelConfig
-    from chatforge.pretraining import PretrainConfig, pretrain
+    from chatforge.core.config import build_dataclass
+    from chatforge.train.model import ModelConfig
+    from chatforge.train.pretrain import PretrainConfig, pretrain
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -160,7 +160,7 @@ KILLER = textwrap.dedent("""
 
 
 def test_sigkill_then_rerun_resumes_to_the_same_final_loss(tmp_path, corpus, tiny_model_config, mlflow_uri):
-    from chatforge.config import to_dict
+    from chatforge.core.config import to_dict
     from stages.pretrain import main
 
     reference = pretrain(tiny_config(tmp_path / "ref", corpus), tiny_model_config, seed=0).report
@@ -185,7 +185,7 @@ def test_sigkill_then_rerun_resumes_to_the_same_final_loss(tmp_path, corpus, tin
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus, tiny_model_config, mlflow_uri):
-    from chatforge.config import to_dict
+    from chatforge.core.config import to_dict
 
     one = pretrain(tiny_config(tmp_path / "one", corpus, max_tokens=8 * 8 * 32), tiny_model_config, seed=0).report
 

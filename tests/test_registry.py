@@ -2,9 +2,15 @@
 
 import math
 
-
-from chatforge.registry import (CANDIDATE, CHAMPION, alias_version, apply_decision, decide_promotion,
-                                dvc_lock_hash, register_model)
+from chatforge.eval.registry import (
+    CANDIDATE,
+    CHAMPION,
+    alias_version,
+    apply_decision,
+    decide_promotion,
+    dvc_lock_hash,
+    register_model,
+)
 
 
 def test_decide_promotion_rules():

@@ -21,10 +21,9 @@ PAIRS = [{"id": f"c{i}#1", "prompt": p, "chosen": g, "rejected": b}
 def reward_dir(tmp_path_factory, tiny_model_dir):
     """A reward model trained for a few steps from the tiny model (stands in for the RM and the judge)."""
     import mlflow
-
-    from chatforge.reward import RewardModelConfig, train_reward_model
-
     from conftest import forget_mlflow_experiment
+
+    from chatforge.train.reward import RewardModelConfig, train_reward_model
 
     out = tmp_path_factory.mktemp("reward")
     cfg = RewardModelConfig(sft=tiny_model_dir, checkpoints=out / "ckpt", max_length=64, max_steps=4, batch_size=4,
@@ -39,7 +38,7 @@ def reward_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_reward_model_learns_the_pairs(reward_dir):
-    from chatforge.reward import load_reward_model, pairwise_metrics, scoring_length
+    from chatforge.train.reward import load_reward_model, pairwise_metrics, scoring_length
 
     model, tok = load_reward_model(reward_dir)
     assert model.config.num_labels == 1 and (reward_dir / "tokenizer.json").exists()
@@ -60,8 +59,8 @@ def test_algorithm_updates_policy_and_logs_reward_and_kl(algorithm, tmp_path, ti
     import mlflow
     import torch
 
-    from chatforge.ppo import PPOConfig
-    from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
+    from chatforge.rl.algorithms import RlhfConfig, RlhfData, train_policy
+    from chatforge.rl.ppo import PPOConfig
 
     ppo = PPOConfig(steps=3, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=8, lr=1.0e-2, save_every=0)
     cfg = RlhfConfig(algorithm=algorithm, checkpoints=tmp_path / "ckpt", max_steps=3, batch_size=4,
@@ -82,7 +81,7 @@ def test_algorithm_updates_policy_and_logs_reward_and_kl(algorithm, tmp_path, ti
 def test_kl_guard_stops_training(tmp_path, tiny_model_dir, reward_dir, mlflow_uri):
     import mlflow
 
-    from chatforge.rlhf import RlhfConfig, RlhfData, train_policy
+    from chatforge.rl.algorithms import RlhfConfig, RlhfData, train_policy
 
     cfg = RlhfConfig(algorithm="grpo", checkpoints=tmp_path / "ckpt", max_steps=4, batch_size=4, num_generations=2,
                      lr=5.0e-2, max_completion_length=8, max_length=64, max_kl=-1.0)      # any KL trips it
@@ -93,7 +92,7 @@ def test_kl_guard_stops_training(tmp_path, tiny_model_dir, reward_dir, mlflow_ur
 
 
 def test_rlhf_config_guards():
-    from chatforge.rlhf import RlhfConfig
+    from chatforge.rl.algorithms import RlhfConfig
 
     with pytest.raises(ValueError, match="beta"):
         RlhfConfig(algorithm="grpo", beta=0.0)
@@ -103,7 +102,7 @@ def test_rlhf_config_guards():
 
 
 def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
-    from chatforge.rlhf_eval import EvalSettings, evaluate_policy
+    from chatforge.rl.evaluation import EvalSettings, evaluate_policy
 
     settings = EvalSettings(max_prompts=4, samples_per_prompt=2, max_new_tokens=6, max_length=64)
     report = evaluate_policy(tiny_model_dir, tiny_model_dir, reward_dir, reward_dir, PROMPTS, settings, seed=3)
@@ -118,7 +117,7 @@ def test_evaluate_policy_against_itself(tiny_model_dir, reward_dir):
 
 
 def test_eval_helpers():
-    from chatforge.rlhf_eval import distinct_2, gain_standard_error, length_residuals, win_rate
+    from chatforge.rl.evaluation import distinct_2, gain_standard_error, length_residuals, win_rate
 
     assert distinct_2([[1, 2, 1, 2], [3, 4]]) == pytest.approx(3 / 4)
     assert win_rate([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)
@@ -131,7 +130,7 @@ def test_eval_helpers():
 
 
 def test_proxy_diagnostics():
-    from chatforge.rlhf_eval import best_of_n_gain, spearman
+    from chatforge.rl.evaluation import best_of_n_gain, spearman
 
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)
     assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
@@ -143,7 +142,7 @@ def test_proxy_diagnostics():
 
 
 def test_cut_to_lengths():
-    from chatforge.rlhf_eval import Samples, cut_to_lengths
+    from chatforge.rl.evaluation import Samples, cut_to_lengths
 
     class Decoder:
         def decode(self, ids, skip_special_tokens=True):
@@ -161,11 +160,11 @@ def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_di
 
     import mlflow
 
-    from chatforge.config import to_dict
-    from chatforge.ppo import PPOConfig
-    from chatforge.reward import RewardModelConfig
-    from chatforge.rlhf import RlhfConfig
-    from chatforge.rlhf_eval import EvalSettings
+    from chatforge.core.config import to_dict
+    from chatforge.rl.algorithms import RlhfConfig
+    from chatforge.rl.evaluation import EvalSettings
+    from chatforge.rl.ppo import PPOConfig
+    from chatforge.train.reward import RewardModelConfig
     from stages.rlhf import main
 
     prompts = tmp_path / "prompts.jsonl"

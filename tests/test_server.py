@@ -16,10 +16,12 @@ import threading
 import httpx
 import openai
 import pytest
-
-from chatforge.generation import ChatModel, DecodingConfig, TorchStep, load_chat_model
-from chatforge.server import ServerLimits, create_app, serve_in_background
 from conftest import REPO, GatedStep
+
+from chatforge.inference.decoding import ChatModel, DecodingConfig, TorchStep, load_chat_model
+from chatforge.serve.app import create_app
+from chatforge.serve.launch import serve_in_background
+from chatforge.serve.schema import ServerLimits
 
 KEY = "test-key-123"
 LIMITS = ServerLimits(max_tokens=48, max_messages=8, max_request_bytes=16_000)

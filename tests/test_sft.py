@@ -2,7 +2,7 @@
 few real SFTTrainer steps on a 2-layer model."""
 
 
-from chatforge.conversation import IGNORE_INDEX, encode_chat, encode_message, fit_prompt
+from chatforge.train.chat_format import IGNORE_INDEX, encode_chat, encode_message, fit_prompt
 
 CONV = [
     {"role": "system", "content": "Be brief."},
@@ -72,7 +72,7 @@ def test_sft_trains_on_assistant_tokens(tmp_path, tiny_model_dir, tiny_tokenizer
     import torch
     from transformers import AutoModelForCausalLM
 
-    from chatforge.sft import SftConfig, encode_conversations, train_sft
+    from chatforge.train.sft import SftConfig, encode_conversations, train_sft
 
     convs = [{"messages": CONV}, {"messages": CONV[1:3]}, {"messages": CONV[3:]}] * 4
     cfg = SftConfig(base=tiny_model_dir, checkpoints=tmp_path / "ckpt", max_length=64, max_steps=6, batch_size=4,

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatforge.tokenizer import (
-    BOS, EOS, IM_START, PAD, PROBE_TEXTS, count_bytes_and_tokens, held_out_compression, load_tokenizer,
+from chatforge.train.tokenizer import (
+    BOS,
+    EOS,
+    IM_START,
+    PAD,
+    PROBE_TEXTS,
+    count_bytes_and_tokens,
+    held_out_compression,
+    load_tokenizer,
     text_language,
 )
 

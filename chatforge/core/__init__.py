@@ -1,0 +1,1 @@
+"""The small core every room uses: typed configs, MLflow tracking, atomic file I/O, launching and hashing."""

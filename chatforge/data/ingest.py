@@ -1,0 +1,351 @@
+"""Ingestion for prepare_data: read the configured sources, sort records into the four uses
+(documents, conversations, preferences, prompts) and a train/validation split.
+
+Sources (``prepare_data.sources`` in params.yaml):
+
+- ``chitchat``: the chitchat-dataset package (7,168 human conversations, MIT), read from its
+  installed ``dataset.json``; nothing is downloaded.
+- ``path``: files or folders of ``.jsonl``/``.jsonl.gz`` (records of any kind, see chatforge.data.records), ``.txt``
+  (one document per file) and ``.html``/``.htm`` (one raw page per file; clean_data extracts text).
+- ``hf``: a Hugging Face dataset by hub name or local path, through ``datasets.load_dataset``.
+
+Conversations from ``chitchat`` (and from any source with ``derive: true``) are dealt out to the
+four uses by a seeded hash of their id, so the uses are disjoint by conversation and the result
+is the same on every machine. Every record also gets its split from a seeded hash of its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from chatforge.core.config import field_help
+from chatforge.core.files import InputError, Rejected, iter_jsonl
+from chatforge.data.records import KINDS, RecordError, RecordKind, guess_kind, normalize
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "validation"]
+TEXT_SUFFIXES = {".txt": "text", ".html": "html", ".htm": "html"}
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+DERIVED = "derived"      # rejects 'source' for records derived from an accepted conversation
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["chitchat", "path", "hf"] = field_help(help="where the records come from")
+    path: str = field_help("", "path: a file or folder; hf: a dataset name on the hub or a local dataset path")
+    name: str = field_help("", "short name for reports and the 'source' field (default: derived)")
+    data_kind: Literal["auto", "documents", "conversations", "preferences", "prompts"] = field_help(
+        "auto", "what the records are; auto guesses per record from its fields")
+    derive: bool = field_help(False, "deal conversations out to all four uses (always on for chitchat)")
+    hf_config: str = field_help("", "hf: dataset configuration name")
+    hf_split: str = field_help("train", "hf: which split to load")
+    text_field: str = field_help("text", "field holding a document's text (jsonl, hf)")
+    limit: int = field_help(0, "read at most this many records from the source (0 = all)")
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.kind if self.kind == "chitchat" else Path(self.path).name or self.path)
+
+
+@dataclass(frozen=True)
+class UseFractions:
+    """How derived conversations are dealt out; must sum to 1."""
+
+    documents: float = field_help(0.4, "share of conversations that become pretraining documents")
+    conversations: float = field_help(0.3, "share used as SFT conversations")
+    preferences: float = field_help(0.2, "share turned into next-reply preference pairs")
+    prompts: float = field_help(0.1, "share used as RL / evaluation prompts")
+
+    def __post_init__(self) -> None:
+        total = self.documents + self.conversations + self.preferences + self.prompts
+        if abs(total - 1.0) > 1e-6 or min(self.documents, self.conversations, self.preferences, self.prompts) < 0:
+            raise ValueError(f"use fractions must be >= 0 and sum to 1, got {total:.4f}")
+
+
+@dataclass(frozen=True)
+class PrepareDataConfig:
+    sources: list[SourceConfig] = field_help(help="inputs, read in order")
+    output_dir: Path = field_help(Path("data/raw"), "where the four JSONL files go")
+    rejects: Path = field_help(Path("data/rejected/prepare_data.jsonl"), "every rejected record with its reason")
+    report: Path = field_help(Path("reports/prepare_data.json"), "counts per source, output and split")
+    validation_fraction: float = field_help(0.1, "share of each use held out for validation")
+    uses: UseFractions = field_help(UseFractions(), "how derived conversations are dealt out")
+    pairs_per_conversation: int = field_help(2, "next-reply preference pairs cut from each conversation")
+    prompts_per_conversation: int = field_help(1, "RL / evaluation prompts cut from each conversation")
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("'sources' must list at least one source")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError("'validation_fraction' must be in [0, 1)")
+        if self.pairs_per_conversation < 1 or self.prompts_per_conversation < 1:
+            raise ValueError("'pairs_per_conversation' and 'prompts_per_conversation' must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded hashing: the same id gets the same use and split everywhere
+# --------------------------------------------------------------------------------------------
+
+def unit_hash(seed: int, salt: str, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, salt, key)."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(seed: int, record_id: str, validation_fraction: float) -> Split:
+    return "validation" if unit_hash(seed, "split", record_id) < validation_fraction else "train"
+
+
+def assign_use(seed: int, conversation_id: str, uses: UseFractions) -> RecordKind:
+    u, edge = unit_hash(seed, "use", conversation_id), 0.0
+    for kind in KINDS:
+        edge += getattr(uses, kind)
+        if u < edge:
+            return kind
+    return KINDS[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: each yields (line or row number, raw record | Rejected, kind or None)
+# --------------------------------------------------------------------------------------------
+
+Item = tuple[int, "dict[str, Any] | Rejected"]
+
+
+def chitchat_path() -> Path:
+    import chitchat_dataset
+
+    return Path(chitchat_dataset.__file__).with_name("dataset.json")
+
+
+def read_chitchat(path: Path | None = None) -> Iterator[Item]:
+    """Chitchat conversations: speaker one is the user, speaker two the assistant.
+
+    A message in the dataset is a burst of utterances by one sender; they are joined by newlines.
+    """
+    path = path or chitchat_path()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for n, (conv_id, conv) in enumerate(data.items(), start=1):
+        messages = []
+        for i, burst in enumerate(conv.get("messages", [])):
+            text = "\n".join(u.get("text", "").strip() for u in burst if u.get("text", "").strip())
+            messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+        yield n, {"id": f"chitchat-{conv_id}", "messages": messages}
+
+
+def iter_files(path: Path) -> list[Path]:
+    """The readable files under ``path`` (a file, or a folder searched recursively), sorted."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.name.endswith(JSONL_SUFFIXES)))
+    if not files:
+        raise InputError(f"{path}: folder has no .jsonl, .jsonl.gz, .txt or .html files")
+    return files
+
+
+def read_text_file(path: Path) -> Iterator[Item]:
+    """A .txt or .html file is one document (raw HTML stays; clean_data extracts the text)."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise InputError(f"{path}: file is empty")
+    if b"\x00" in raw:
+        yield 1, Rejected(str(path), 1, "binary file (contains NUL bytes)", raw[:200].decode("utf-8", "replace"))
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        yield 1, Rejected(str(path), 1, f"not UTF-8 ({err.reason} at byte {err.start})", raw[:200].decode("utf-8", "replace"))
+        return
+    yield 1, {"id": f"file-{hashlib.sha1(str(path).encode()).hexdigest()[:12]}", "text": text, "source": str(path)}
+
+
+def read_path(path: Path) -> Iterator[tuple[Path, Item]]:
+    for file in iter_files(path):
+        if file.name.endswith(JSONL_SUFFIXES):
+            items = iter_jsonl(file)
+        elif file.suffix in TEXT_SUFFIXES:
+            items = read_text_file(file)
+        else:
+            raise InputError(f"{file}: unsupported file type '{file.suffix}' (use .jsonl, .jsonl.gz, .txt or .html)")
+        for item in items:
+            yield file, item
+
+
+def read_hf(src: SourceConfig) -> Iterator[Item]:
+    """Rows of a Hugging Face dataset (hub name or local path); needs the network for hub names."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(src.path, src.hf_config or None, split=src.hf_split)
+    except Exception as err:   # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        raise InputError(f"hf source '{src.path}': could not load split '{src.hf_split}': {err}") from err
+    for n, row in enumerate(ds, start=1):
+        yield n, dict(row)
+
+
+# --------------------------------------------------------------------------------------------
+# Deriving the four uses from one conversation
+# --------------------------------------------------------------------------------------------
+
+def conversation_text(messages: list[dict[str, str]]) -> str:
+    """A conversation as plain pretraining text: one message per paragraph."""
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def assistant_turns(messages: list[dict[str, str]]) -> list[int]:
+    """Indices of assistant messages that have at least one message before them."""
+    return [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0]
+
+
+def derive_records(conv: dict[str, Any], use: RecordKind, rng: random.Random, source: str,
+                   pairs: int, prompts: int = 1) -> list[dict[str, Any]]:
+    """One conversation -> the records of its use: up to ``pairs`` preference pairs or ``prompts``
+    prompts, each cut before a different assistant turn. Preference 'rejected' replies are filled later."""
+    messages, cid = conv["messages"], conv["id"]
+    if use == "documents":
+        return [{"id": cid, "text": conversation_text(messages), "source": source}]
+    if use == "conversations":
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return [{"id": cid, "messages": messages[: last + 1]}]    # a trailing user turn teaches nothing
+    turns = assistant_turns(messages)
+    if not turns:
+        raise RecordError("conversation has no assistant reply after a user turn")
+    if use == "prompts":
+        return [{"id": f"{cid}#{cut}", "messages": messages[:cut]}
+                for cut in sorted(rng.sample(turns, min(prompts, len(turns))))]
+    cuts = sorted(rng.sample(turns, min(pairs, len(turns))))
+    return [{"id": f"{cid}#{cut}", "prompt": messages[:cut], "chosen": messages[cut]["content"], "rejected": None}
+            for cut in cuts]
+
+
+def fill_rejected(pairs: list[dict[str, Any]], pool: list[str], rng: random.Random) -> list[dict[str, Any]]:
+    """Next-reply pairs: the rejected reply is a real reply drawn from another conversation.
+
+    ``pool`` holds candidate replies as "conversation id\x00reply". Returns the pairs that could
+    not be filled (no reply from another conversation exists), for the rejects file.
+    """
+    unfilled = []
+    for pair in pairs:
+        conv = pair["id"].split("#")[0]
+        chosen = pair["chosen"].strip()
+        candidates = [c for c in pool if not c.startswith(conv + "\x00") and c.split("\x00", 1)[1].strip() != chosen]
+        if candidates:
+            pair["rejected"] = rng.choice(candidates).split("\x00", 1)[1]
+        else:
+            unfilled.append(pair)
+    return unfilled
+
+
+# --------------------------------------------------------------------------------------------
+# The whole ingest
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Ingested:
+    records: dict[str, list[dict[str, Any]]]          # kind -> records, each with a "split" field
+    rejected: list[Rejected]
+    sources: dict[str, dict[str, int]]                # label -> {"in", "accepted", "rejected"}
+
+    def counts(self) -> dict[str, Any]:
+        outputs = {kind: {split: sum(r["split"] == split for r in recs) for split in ("train", "validation")}
+                   for kind, recs in self.records.items()}
+        total_in = sum(s["in"] for s in self.sources.values())
+        accepted = sum(s["accepted"] for s in self.sources.values())
+        derived = sum(r.source == DERIVED for r in self.rejected)
+        return {"records_in": total_in, "records_accepted": accepted, "records_rejected": len(self.rejected) - derived,
+                "derived_rejected": derived, "sources": self.sources, "outputs": outputs}
+
+
+def _source_items(src: SourceConfig) -> Iterator[tuple[str, Item]]:
+    """(file or source label, item) for every raw record of a source, honouring ``limit``."""
+    if src.kind == "chitchat":
+        items = ((src.label, item) for item in read_chitchat())
+    elif src.kind == "path":
+        if not src.path:
+            raise InputError("a 'path' source needs 'path'")
+        items = ((str(file), item) for file, item in read_path(Path(src.path)))
+    else:
+        if not src.path:
+            raise InputError("an 'hf' source needs 'path' (a dataset name or local path)")
+        items = ((src.label, item) for item in read_hf(src))
+    for n, pair in enumerate(items):
+        if src.limit and n >= src.limit:
+            return
+        yield pair
+
+
+def _fill_next_reply_pairs(out: dict[str, list[dict[str, Any]]], rejected: list[Rejected], seed: int) -> None:
+    """Draw each derived pair's rejected reply from the same split (both splits if one is too small)."""
+    derived = [p for p in out["preferences"] if p["rejected"] is None]
+    everything = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in derived]
+    for split in ("train", "validation"):
+        pairs = [p for p in derived if p["split"] == split]
+        pool = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in pairs]
+        if len({c.split("\x00")[0] for c in pool}) < 2:
+            pool = everything
+        for pair in fill_rejected(pairs, pool, random.Random(f"{seed}:{split}")):
+            out["preferences"].remove(pair)
+            rejected.append(Rejected(DERIVED, 0, "no reply from another conversation to use as 'rejected'", pair))
+
+
+def ingest(cfg: PrepareDataConfig, seed: int) -> Ingested:
+    """Read every source and sort its records into uses and splits (pure apart from reading)."""
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+    rejected: list[Rejected] = []
+    stats: dict[str, dict[str, int]] = {}
+    seen_ids: set[tuple[str, str]] = set()
+    rng = random.Random(seed)
+    for src in cfg.sources:
+        st = stats.setdefault(src.label, {"in": 0, "accepted": 0, "rejected": 0})
+        derive = src.derive or src.kind == "chitchat"
+        for where, (line, raw) in _source_items(src):
+            st["in"] += 1
+            if isinstance(raw, Rejected):
+                rejected.append(raw)
+                st["rejected"] += 1
+                continue
+            try:
+                if src.text_field != "text" and src.text_field in raw:
+                    raw = {**raw, "text": raw[src.text_field]}
+                kind = src.data_kind if src.data_kind != "auto" else (
+                    "conversations" if derive else guess_kind(raw))
+                if kind is None:
+                    raise RecordError("cannot tell the record's kind (no 'text', 'messages', 'prompt' or "
+                                      "'chosen'/'rejected' field); set data_kind on the source")
+                if derive and kind != "conversations":
+                    raise RecordError(f"source has derive: true but the record is a {kind[:-1]}")
+                rec = normalize(kind, raw, src.label)
+                if (kind, rec["id"]) in seen_ids:
+                    raise RecordError(f"duplicate id '{rec['id']}' in {kind}")
+                seen_ids.add((kind, rec["id"]))
+                if derive:
+                    use = assign_use(seed, rec["id"], cfg.uses)
+                    new = derive_records(rec, use, rng, src.label, cfg.pairs_per_conversation,
+                                         cfg.prompts_per_conversation)
+                else:
+                    use, new = kind, [rec]
+                split = assign_split(seed, rec["id"], cfg.validation_fraction)   # by conversation id
+            except RecordError as err:
+                rejected.append(Rejected(where, line, str(err), raw))
+                st["rejected"] += 1
+                continue
+            for r in new:
+                r["split"] = split
+            out[use].extend(new)
+            st["accepted"] += 1
+    _fill_next_reply_pairs(out, rejected, seed)
+    for kind, recs in out.items():
+        log.info("%s: %d train, %d validation", kind, sum(r["split"] == "train" for r in recs),
+                 sum(r["split"] == "validation" for r in recs))
+    return Ingested(out, rejected, stats)

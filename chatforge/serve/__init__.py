@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible server, the chat page, and the terminal chat."""

@@ -1,0 +1,156 @@
+"""Reward models: TRL's RewardTrainer (pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected))
+on a sequence-classification head over the SFT model, and scoring replies with a trained one.
+
+The same code trains two models on disjoint pairs (see chatforge.data.preferences): the *reward model*
+that RL optimises against, and the held-out *judge* (the "gold" reward model of the reward
+over-optimisation studies, Gao et al. 2022, arXiv:2210.10760) that only evaluation uses. Pairs are
+tokenized here with ``encode_chat``, so a long prompt loses whole turns from the left instead of
+the pair being dropped (TRL filters pairs longer than max_length).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatforge.core.config import field_help
+from chatforge.train.chat_format import encode_chat, reply_pair
+from chatforge.train.trainer_args import training_args
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    sft: Path = field_help(Path("models/sft"), "model to start from (the SFT model, with its tokenizer)")
+    input: Path = field_help(Path("data/clean/preferences.jsonl"),
+                             "preference pairs: ours, Anthropic HH or TRL format; .jsonl or .jsonl.gz")
+    output: Path = field_help(Path("models/reward"), "the reward model used by rlhf (with its tokenizer)")
+    judge_output: Path = field_help(Path("models/judge"), "the held-out judge, used only to evaluate rlhf")
+    checkpoints: Path = field_help(Path("checkpoints/train_reward"), "trainer output dir")
+    report: Path = field_help(Path("reports/train_reward.json"), "held-out accuracy and margins of both models")
+    judge_fraction: float = field_help(0.5, "share of training pairs (by conversation) given to the judge instead")
+    validation_fraction: float = field_help(0.1, "held-out share for files whose records carry no 'split'")
+    max_length: int = field_help(128, "tokens per prompt + reply; long prompts lose turns from the left")
+    epochs: float = field_help(1.0, "passes over the pairs")
+    max_steps: int = field_help(40, "optimizer steps per model; 0 = run the epochs")
+    batch_size: int = field_help(16, "pairs per device per step")
+    lr: float = field_help(2.0e-3, "peak learning rate (cosine decay)")
+    weight_decay: float = field_help(0.0, "AdamW weight decay")
+    center_rewards_coefficient: float = field_help(
+        0.01, "pulls mean reward to 0 (Eisenstein et al. 2023); keeps the RL reward scale stable")
+    max_pairs: int = field_help(0, "use at most this many pairs of each part (0 = all)")
+    eval_batch_size: int = field_help(32, "sequences per forward pass when scoring")
+    logging_steps: int = field_help(10, "log loss/accuracy/margin to MLflow every N steps")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.judge_fraction < 1.0:
+            raise ValueError("'judge_fraction' must be in (0, 1): the judge and the reward model both need pairs")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set 'epochs' > 0 or 'max_steps' > 0")
+
+
+def encode_pairs(pairs: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+    """Pairs -> TRL's pre-tokenized reward format ``{"chosen_ids", "rejected_ids"}``."""
+    return [{"chosen_ids": encode_chat(reply_pair(p["prompt"], p["chosen"]), tokenizer, max_length).input_ids,
+             "rejected_ids": encode_chat(reply_pair(p["prompt"], p["rejected"]), tokenizer, max_length).input_ids}
+            for p in pairs]
+
+
+def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed: int, output_dir: Path,
+                       name: str = "reward") -> dict[str, float]:
+    """Train a reward model from ``cfg.sft`` on ``pairs``; save it with its tokenizer; return train metrics."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from chatforge.train.tokenizer import load_tokenizer
+
+    if not pairs:
+        raise ValueError(f"{cfg.input}: no training pairs for the {name} model")
+    tokenizer = load_tokenizer(cfg.sft)
+    args = RewardConfig(**training_args(
+        cfg.checkpoints / name, seed, name, logging_steps=cfg.logging_steps,
+        max_length=cfg.max_length, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr, lr_scheduler_type="cosine",
+        warmup_steps=0.05, weight_decay=cfg.weight_decay,
+        center_rewards_coefficient=cfg.center_rewards_coefficient or None,
+    ))
+    trainer = RewardTrainer(model=str(cfg.sft), args=args, processing_class=tokenizer,
+                            train_dataset=Dataset.from_list(encode_pairs(pairs, tokenizer, cfg.max_length)))
+    result = trainer.train()
+    # Scored later as it was trained: every scorer reads this length (see score_replies).
+    trainer.model.config.reward_max_length = cfg.max_length
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    log.info("%s model: %d pairs, %d steps, train loss %.4f", name, len(pairs), result.global_step,
+             result.training_loss)
+    return {"train_pairs": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}
+
+
+def load_reward_model(path: Path):
+    """(model in eval mode, tokenizer) from a reward model directory."""
+    from chatforge.train.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(path, head="reward")
+
+
+def scoring_length(model) -> int:
+    """The tokens a reward model reads: the ``max_length`` it was trained with (its context if unknown)."""
+    return int(getattr(model.config, "reward_max_length", None) or model.config.max_position_embeddings)
+
+
+def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
+                  batch_size: int = 32) -> list[float]:
+    """The reward of each (prompt, reply), cut at a turn boundary to the length the model was
+    trained on (``scoring_length``): a model trained on the last exchange never sees more."""
+    import torch
+
+    max_length = scoring_length(model)
+    seqs = [encode_chat(reply_pair(p, r), tokenizer, max_length).input_ids for p, r in zip(prompts, replies)]
+    scores: list[float] = []
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i:i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=model.device)   # (B, T)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=model.device)
+            # LlamaForSequenceClassification reads the logit at the last non-pad token.
+            scores.extend(model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist())   # (B,)
+    return scores
+
+
+def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]],
+                     batch_size: int = 32) -> tuple[dict[str, float], list[float]]:
+    """Held-out accuracy (share of pairs with r_chosen > r_rejected) and the margin distribution;
+    also returns the per-pair margins."""
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score_replies(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size)
+    rejected = score_replies(model, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    if not margins:
+        return {"pairs": 0}, []
+    q = statistics.quantiles(margins, n=10) if len(margins) > 1 else [margins[0]] * 9
+    return {"pairs": len(margins), "accuracy": sum(m > 0 for m in margins) / len(margins),
+            "margin_mean": statistics.fmean(margins), "margin_std": statistics.pstdev(margins),
+            "margin_p10": q[0], "margin_p50": q[4], "margin_p90": q[8],
+            "reward_chosen_mean": statistics.fmean(chosen), "reward_rejected_mean": statistics.fmean(rejected)}, margins
+
+
+def train_and_score(cfg: RewardModelConfig, pairs: list[dict[str, Any]], validation: list[dict[str, Any]],
+                    seed: int, output_dir: Path, name: str = "reward") -> tuple[dict[str, Any], list[float]]:
+    """Train a reward model into ``output_dir`` and score it on the held-out ``validation`` pairs:
+    ({"train_*": ..., accuracy, margin, ...}, the margin of each held-out pair)."""
+    report = {f"train_{k}": v for k, v in train_reward_model(cfg, pairs, seed, output_dir, name).items()}
+    model, tokenizer = load_reward_model(output_dir)
+    metrics, margins = pairwise_metrics(model, tokenizer, validation, cfg.eval_batch_size)
+    return {**report, **metrics}, margins
+
+
+def agreement(margins: list[float], other: list[float]) -> float:
+    """How often two reward models order the same held-out pairs the same way. The judge should be a
+    real second opinion: agreement near 1 would make it a copy of the reward model."""
+    return sum((a > 0) == (b > 0) for a, b in zip(margins, other)) / len(margins)
