@@ -1,5 +1,6 @@
 """Train the reward model (used by rlhf) and a held-out judge (used only to evaluate rlhf) on
-disjoint parts of the preference pairs; report both models' held-out pairwise accuracy.
+disjoint parts of the preference pairs; report both models' held-out pairwise accuracy beside untrained
+baselines on the same pairs (word overlap, IDF overlap, length, PMI of the SFT model).
 
 Reads models/sft/ and data/clean/preferences.jsonl (or any preference file the readers accept,
 e.g. Anthropic HH .jsonl.gz), writes models/reward/, models/judge/ and reports/train_reward.json.
@@ -17,6 +18,8 @@ from chatforge.core.config import load_config
 from chatforge.core.files import atomic_dir
 from chatforge.core.tracking import setup_logging, stage_run
 from chatforge.data.preferences import read_preferences, split_preferences
+from chatforge.eval.reward_baselines import reward_baselines
+from chatforge.train.loading import load_model_and_tokenizer
 from chatforge.train.reward import RewardModelConfig, agreement, train_and_score
 
 log = logging.getLogger(__name__)
@@ -49,10 +52,14 @@ def main(argv: list[str] | None = None) -> None:
             report.update({f"judge_{k}": v for k, v in judge.items() if k != "pairs"})
         if margins:
             report["judge_agreement"] = agreement(margins, judge_margins)
+        # Untrained scorers on the same held-out pairs: what the reward model's accuracy must beat.
+        report.update(reward_baselines(reward_pairs, validation, *load_model_and_tokenizer(rc.sft),
+                                       batch_size=rc.eval_batch_size))
         report["wall_seconds"] = round(time.perf_counter() - start, 1)
         run.report(rc.report, report)
-        log.info("train_reward: held-out accuracy %.3f (margin %.3f), judge %.3f", report.get("accuracy", 0.0),
-                 report.get("margin_mean", 0.0), report.get("judge_accuracy", 0.0))
+        log.info("train_reward: held-out accuracy %.3f (margin %.3f), judge %.3f; untrained baselines: %s",
+                 report.get("accuracy", 0.0), report.get("margin_mean", 0.0), report.get("judge_accuracy", 0.0),
+                 {k.removeprefix("baseline_"): round(v, 3) for k, v in report.items() if k.startswith("baseline_")})
 
 
 if __name__ == "__main__":
