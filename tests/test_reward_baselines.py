@@ -36,8 +36,9 @@ def test_a_tie_counts_half():
 
 def test_idf_weights_rare_words_more():
     idf = inverse_document_frequency(["the cat", "the dog", "the bird"])
-    assert idf["cat"] > idf["the"] > 0 or idf["the"] == pytest.approx(math.log(4 / 4))
-    assert idf[""] > idf["cat"]                    # unseen words weigh most
+    assert idf["the"] == pytest.approx(math.log(4 / 4))   # in every reply: no weight
+    assert idf["cat"] == pytest.approx(math.log(4 / 2)) and idf["cat"] > idf["the"]
+    assert idf[""] > idf["cat"]                              # unseen words weigh most
 
 
 def test_pmi_is_higher_for_the_prompt_the_model_learnt_the_reply_with(trained_chat_dir):
