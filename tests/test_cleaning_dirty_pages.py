@@ -10,9 +10,9 @@ from chatforge.data.cleaning.ads import AdBlocks, AdConfig
 from chatforge.data.cleaning.boilerplate import Boilerplate, BoilerplateConfig
 from chatforge.data.cleaning.entities import unescape_entities
 from chatforge.data.cleaning.furniture import Furniture, FurnitureConfig
-from chatforge.data.cleaning.page_eval import read_pages, rules_as_on_main, score_pages
+from chatforge.data.cleaning.page_eval import drops_on_clean_text, read_pages, rules_as_on_main, score_pages
 from chatforge.data.cleaning.pipeline import CleaningConfig, clean_documents
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 
 PAGES = REPO / "tests/data/dirty_pages"
 
@@ -117,7 +117,9 @@ def test_list_tails_with_long_items_and_a_marker_on_the_last_line_are_cut():
     ("This post may contain affiliate links. We may earn a commission if you buy through them.", "notice"),
     ("下一篇：我是如何在三个月内从零学会 SQL 的，以及这一路上踩过的那些坑和一些经验总结", "notice"),
     ("Home · About · Recipes · Garden Diary · Contact", "menu"), ("回复 支持(12) 反对(0)", "menu"),
-    ("Reply · Quote · Report", "menu"),
+    ("Reply · Quote · Report", "menu"), ("Share Improve this question Follow", "menu"),
+    ("喵喵教主 2023-08-14 21:30:12 上海", "meta"), ("Asked 3 years, 2 months ago Modified 1 year ago Viewed 48k times", "meta"),
+    ("（原标题：电动车进楼充电将被罚款）", "notice"),
 ])
 def test_furniture_lines_of_any_length(line, rule):
     assert Furniture(FurnitureConfig()).match(line) == rule
@@ -129,9 +131,24 @@ def test_furniture_lines_of_any_length(line, rule):
     "来源于生活的灵感往往最动人，作者在书中写下了自己童年的记忆。",
     "A reply from the council came two weeks later, and it said that the road would be fixed by May.",
     "很多网站在文末都会写上版权声明，但这并不能真正阻止别人复制文章的内容。",
+    "Human: Yeah I know. That's not what I asked. I asked what the most effective form of online harassment was.",
+    "Tony has 2 times more points than Mike, so he has 2 * 21 points = 42 points.",
+    "The rows of 8 stars have a total of: 3 rows * 8 stars/row = 24 stars.",
 ])
 def test_article_sentences_are_not_furniture(line):
     assert Furniture(FurnitureConfig()).match(line) is None
+
+
+def test_real_text_without_boilerplate_loses_no_line():
+    """GSM8K problems (a price in every other line) and HH dialogues: every line the rules drop is a false drop."""
+    import gzip
+
+    with gzip.open(SHARED_DATA / "gsm8k-test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        gsm8k = [f"{r['question']}\n{r['answer']}" for r in map(json.loads, fh)][:300]
+    with gzip.open(SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        hh = [r["chosen"] for r in map(json.loads, fh)][:300]
+    lines, counts = drops_on_clean_text(gsm8k + hh, BoilerplateConfig())
+    assert lines > 3000 and {rule: n for rule, n in counts.items() if rule != "entities"} == {}
 
 
 def test_the_pipeline_reports_lines_per_new_rule_and_entities():

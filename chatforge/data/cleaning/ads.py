@@ -6,9 +6,11 @@ often opened by a label ("【广告】", "Sponsored"). One such signal in an art
 ("一斤鸡蛋要6元", "a plumber would charge you $100"), so a line is never judged alone:
 
 1. Each line gets its signal kinds: ``price`` (amounts, discounts), ``offer`` ("包邮", "free shipping"),
+   ``shop`` (sales counts, stock, size and colour options),
    ``cta`` (imperative calls to action: "立即购买", "Sign up now"), ``contact`` (a handle or number offered
    with a word: "加微信 ...", "call 1-800-..."; a word like "电话" alone is not enough) and ``label`` (an ad
-   label). The last three are strong; prices and offers are weak.
+   label). The last three are strong; prices, offers and shop widgets are weak. A line that is only an
+   ad label ("ADVERTISEMENT", "广告") is a block by itself.
 2. A line may belong to a block when it has a strong signal, or a weak one and the shape of an ad line:
    short, or not a declarative sentence (one that ends in "。" or "." and has no "!"). So prose that
    quotes a price or an offer ("商家也开始做包邮的生意。") never joins a block on its own account.
@@ -33,7 +35,13 @@ DEFAULT_PRICE = [
     rf"[¥￥$€£]\s?{_AMOUNT}", rf"{_AMOUNT}\s*(?:元|块钱|万元|美元|欧元|英镑)",
     rf"(?i)(?:USD|RMB|EUR)\s?{_AMOUNT}", rf"(?i){_AMOUNT}\s?%\s*off\b", rf"(?i)\bsave (?:up to )?{_AMOUNT}\s?%",
     r"(?<!\d)\d(?:\.\d)?\s*折(?!磨|叠|腾|断)", r"满\d+减\d+", r"(?:原价|现价|促销价|优惠价|特价|到手价|京东价|售价)\s*[:：]?\s*[¥￥]?\d",
-    r"特价|促销|特惠|大促|清仓|折扣|优惠",
+    r"特价|促销|特惠|大促|清仓|折扣|优惠|券后价",
+]
+# Shop-page widgets: sales counts, stock, options, delivery; weak, like a price.
+DEFAULT_SHOP = [
+    r"月销(?:量)?\s*\d|累计评价\s*\d|已售\s*\d|库存\s*\d|颜色分类\s*[:：]|尺寸\s*[:：]|数量\s*[:：]|运费\s*[:：]|送积分",
+    r"(?i)\bin stock\b|\bout of stock\b|\bships (?:in|within|from)\b|\bsold by\b|\bfree returns\b|\bqty\s*[:：]|\bquantity\s*[:：]"
+    r"|\bselect (?:size|colou?r)\b",
 ]
 DEFAULT_OFFER = [
     r"先到先得|名额有限|买\S送\S|包邮|抢购|秒杀|团购|拼团|享\d+(?:\.\d)?折|立减\d+|限时(?:特价|优惠|抢购|折扣|免费)?|领(?:取)?优惠券",
@@ -43,11 +51,12 @@ DEFAULT_OFFER = [
 DEFAULT_CTA = [
     r"立即(?:购买|抢购|下单|领取|预订|预约|咨询|报名|体验|开通)|马上(?:购买|抢购|下单|领取)|点击(?:购买|链接|领取|下载|报名)"
     r"|加入购物车|下单(?:立减|即送|有礼)|现在下单|扫码(?:下载|领取|购买|咨询)|戳链接|免费(?:领取|试用|试听|体验|送)",
-    r"(?i)\b(?:buy|order|shop|book|subscribe|sign up|register|download|enroll|act) (?:it |yours |the app )?(?:now|today)\b"
+    r"(?i)\b(?:buy|order|shop|book|subscribe|sign up|register|download|enroll|claim|grab|apply|act)\b(?:\s+[\w']+){0,3}\s+"
+    r"(?:now|today)\b|\bcheck your (?:rate|price|eligibility)\b|^\s*learn more\s*[>»]*\s*$"
     r"|\badd to (?:cart|bag|basket|wish ?list)\b|\bclick here\b|\b(?:use|with|enter) (?:the |promo |coupon |discount )?code\b"
     r"|\bfree (?:trial|quote|consultation)\b|\b(?:first|1st) month free\b|\bfree for \d+ days\b|\btry \S+(?: \S+){0,3} free\b"
     r"|\bcall (?:us )?(?:now|today)\b|\bget (?:yours|\d+\s?% off)\b|\b(?:visit|shop at|available at) [a-z0-9-]+\.(?:com|io|net"
-    r"|shop|store|co)\b",
+    r"|shop|store|co)\b|^\s*shop (?:the |our |all )?[\w' -]{1,30}$",
 ]
 DEFAULT_LABEL = [
     r"^\s*[【\[]\s*(?:[^】\]]{0,6})(?:广告|推广|福利|活动|特惠|促销|爆款|优惠|限时|秒杀|团购|推荐)[^】\]]{0,4}[】\]]",
@@ -61,6 +70,9 @@ _TOLL_FREE = re.compile(r"(?<!\d)1?[-\s.]?\(?8(?:00|33|44|55|66|77|88)\)?[-\s.]\
 CONTACT_PATTERNS = [EMAIL, WECHAT, QQ, CN_MOBILE, CN_LANDLINE, HOTLINE, INTL_PHONE, _TOLL_FREE]
 _DECLARATIVE_END = re.compile(r"[。.]\s*[”\"')）]?\s*$")
 STRONG = ("cta", "contact", "label")
+# A line that is only an ad label ("ADVERTISEMENT", "Promoted", "广告") is an ad block by itself.
+LABEL_ONLY = re.compile(r"(?i)^\s*[【\[(（]?\s*(?:advertisement|advertising|sponsored|promoted|ad|广告|推广|赞助)\s*[】\])）]?"
+                        r"\s*(?:[-–—:]\s*(?:continue reading below|story continues below|scroll to continue))?\s*$")
 _EXCLAMATION = re.compile(r"[!！]")
 _WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
@@ -69,6 +81,7 @@ _WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uff00-\uffef]")
 class AdConfig:
     price: list[str] = field_help(DEFAULT_PRICE, "regexes of a price or a discount (a weak signal)")
     offer: list[str] = field_help(DEFAULT_OFFER, "regexes of an offer such as 包邮 or free shipping (a weak signal)")
+    shop: list[str] = field_help(DEFAULT_SHOP, "regexes of shop widgets: sales counts, stock, options (weak)")
     cta: list[str] = field_help(DEFAULT_CTA, "regexes of a call to action, an imperative (strong)")
     label: list[str] = field_help(DEFAULT_LABEL, "regexes of an ad label such as 【广告】 or Sponsored (strong)")
     min_signals: int = field_help(2, "a block is an ad with at least this many (line, signal kind) pairs, one strong")
@@ -88,7 +101,8 @@ class AdBlocks:
     def __init__(self, cfg: AdConfig):
         self.cfg = cfg
         self.kinds = {"price": [re.compile(p) for p in cfg.price],
-                      "offer": [re.compile(p) for p in cfg.offer], "cta": [re.compile(p) for p in cfg.cta],
+                      "offer": [re.compile(p) for p in cfg.offer],
+                      "shop": [re.compile(p) for p in cfg.shop], "cta": [re.compile(p) for p in cfg.cta],
                       "label": [re.compile(p) for p in cfg.label]}
 
     def signals(self, line: str) -> set[str]:
@@ -132,7 +146,8 @@ class AdBlocks:
                 else:
                     break
             pairs = sum(len(kinds[m]) for m in members)
-            if pairs >= self.cfg.min_signals and any(kinds[m] & set(STRONG) for m in members):
+            if (pairs >= self.cfg.min_signals and any(kinds[m] & set(STRONG) for m in members)) \
+                    or any(LABEL_ONLY.match(rows[m][1]) for m in members):
                 out.update(rows[m][0] for m in members)
             start = end + 1
         return out

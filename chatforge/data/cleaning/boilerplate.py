@@ -56,8 +56,8 @@ DEFAULT_TAIL_MARKERS = [r"(?i)^\s*(?:相关文章|相关阅读|相关推荐|相�
 
 MORE_TAIL_MARKERS = [r"(?i)^\s*(?:相关文章推荐|相关链接|更多阅读|热门阅读|热门资讯|最新文章|为[你您]推荐|大家都在看|你(?:可能|或许)"
                      r"(?:也|还)?(?:喜欢|感兴趣|想看)|看了(?:本文|这篇文章)?的人(?:还|也)看了|看了又看|掌柜推荐|店长推荐"
-                     r"|更多精彩|猜您喜欢|相关帖子|相关产品|同类推荐|you (?:may|might) (?:also )?(?:like|enjoy|be interested in)"
-                     r"|related (?:reading|content|links|products)|recommended (?:reading|posts|articles|stories)|popular "
+                     r"|更多精彩|猜您喜欢|相关帖子|相关产品|同类推荐|店铺推荐|更多回答|查看更多|热点新闻|热门新闻|热门资讯|达人选购|you (?:may|might) (?:also )?(?:like|enjoy|be interested in)"
+                     r"|related (?:reading|content|links|products)|products related to this item|similar items|more answers|most (?:popular|read|viewed)|recommended (?:reading|posts|articles|stories)|popular "
                      r"(?:posts|articles|stories)|trending(?: now| stories)?|more (?:from|articles|posts) [\w ]{0,30}|also on [\w ]{1,30}"
                      r"|(?:customers|people) who (?:bought|viewed) this(?: item)? also (?:bought|viewed)|frequently bought together"
                      r"|sponsored (?:links|content|stories)|read next|further reading)\s*[:：]?\s*$"]

@@ -11,8 +11,9 @@ which mention "来源" or "copyright" stay. Furniture is often longer ("来源: 
   forums ("转载请注明出处", "如有侵权请联系删除", "投稿邮箱", "This post may contain affiliate links",
   "Last edited by ..."), by phrases that only such notices use; phrases that prose might quote are
   anchored at the start of the line.
-- ``menu``: a short line of at least three short items between separators (``|``, ``·``, ``›``, ``/``):
-  menus and breadcrumbs; and a line made only of post or product buttons ("回复 举报", "Reply · Quote").
+- ``menu``: a line of short items between separators: at least two with ``|`` or ``·`` (which prose does
+  not use between short phrases), three with ``›``, ``>`` or ``/``: menus, breadcrumbs, post footers
+  ("top_commenter · 4h"); and a line made only of post or product buttons ("回复 举报", "Learn More").
 
 The regexes are lists in ``FurnitureConfig`` so params can extend them.
 """
@@ -26,20 +27,28 @@ from chatforge.core.config import field_help
 
 DEFAULT_FACETS = [
     # key: value
-    r"(?i)(?:^|[\s|·•])(?:来源|出处|作者|编辑|责任编辑|标签|关键词|关键字|分类|栏目|字体|字号|原文链接|本文链接"
+    r"(?i)(?:^|[\s|·•])(?:来源|来自|出处|作者|编辑|责任编辑|标签|关键词|关键字|分类|栏目|字体|字号|原文链接|本文链接"
     r"|source|author|tags?|keywords|category|categories|filed under|tagged with|posts|karma|joined|reputation)\s*[:：]",
     # counters: views, reads, clicks, replies, comments
     r"(?i)(?:浏览|阅读|点击|查看|回复|评论|人气|热度|点赞|收藏)(?:次数|数|量|人数)?\s*[:：(（]?\s*\d[\d,]*",
     r"(?i)\d[\d,.]*\s*(?:k\s*)?(?:views?|reads?|replies|comments?|likes?|shares?|次浏览|次阅读|人阅读|条评论)\b",
     r"(?i)\b(?:views?|reads|replies|comments|likes|hits)\s*[:：(]\s*\d[\d,]*",
     r"(?i)\b\d+\s*min(?:ute)?s?\s*read\b",
+    r"(?i)(?:关注者|被浏览|赞同|粉丝)\s*\d[\d,.]*\s*[kK万]?",
+    r"(?i)\b\d(?:\.\d)?\s*(?:out of 5(?: stars)?|from \d[\d,]* votes)\b|\b\d[\d,]*\s*(?:global )?(?:ratings|votes)\b"
+    r"|(?:^|[·|•]\s*)\d[\d,.]*k?\s*points\s*(?=$|[·|•])",
+    # relative times of posts and comments: "5h", "3 days ago", "2小时前"
+    r"(?i)(?:^|[·|•]\s*)\d+\s*(?:[smhdwy]|hrs?|mins?|days?|weeks?|months?|years?)(?: ago)?\s*(?=$|[·|•])|\d+\s*(?:秒|分钟|小时|天|周|个月|年)前",
     # dates and times
     r"(?:19|20)\d{2}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,2}\s*日?(?:\s+\d{1,2}:\d{2})?",
     r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.? \d{1,2},? (?:19|20)\d{2}\b",
     r"(?i)\b\d{1,2} (?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]* (?:19|20)\d{2}\b",
     # who and when
-    r"(?i)(?:^|[\s|·•])(?:发表于|发布于|发布时间|更新时间|更新于|posted (?:by|on|in)|published|updated|written by|"
-    r"started by|quote from|last edited)\b",
+    r"(?:^|[\s|·•])(?:发表于|发布于|发布时间|更新时间|更新于|已编辑)",
+    # English ones only where a header has them: at the start or after a separator ("I asked him" is prose)
+    r"(?i)(?:^|[|·•]\s*)(?:posted (?:by|on|in)|published|updated|written by|started by|quote from|last edited|asked"
+    r"|answered|modified|edited)\b|\bviewed \d[\d.,]*k? times\b",
+    r"(?i)\b\d+ (?:seconds?|minutes?|hours?|days?|weeks?|months?|years?)(?:, \d+ \w+)? ago\b",
     r"(?i)^\s*by [A-Z][\w.'-]*(?: [A-Z][\w.'-]*)?\s*(?:[|·•,]|$)",
     # forum floors and roles
     r"^\s*(?:楼主|沙发|板凳|地板|\d+\s*[楼#]|#\d+)(?=[\s|:：·]|$)", r"^\s*回复\s*[:：]",
@@ -61,15 +70,26 @@ DEFAULT_NOTICES = [
     r"(?: article| post| story)?|last edited by|(?:enjoyed|liked?) this (?:post|article)\?)",
     r"^\s*(?:上一篇|下一篇|上一页|下一页|上一章|下一章)\s*[:：]",
     r"(?i)^\s*(?:trending(?: now)?|most popular|editor'?s picks?|热搜|今日热点|热点推荐)\s*[:：]",
+    r"(?i)\b(?:earn|receive|make) (?:a )?(?:small )?commission\b|\baffiliate (?:links?|commission|partner)|打开\s*app|下载\s*app"
+    r"|\bopen (?:in|the) app\b|【纠错】|【责任编辑",
+    r"^\s*[（(]?\s*原标题\s*[:：]",
+    r"(?i)\b(?:tag|follow|mention) (?:us |me )?@\w+|\bfollow (?:us|me) on (?:instagram|twitter|facebook|tiktok|pinterest|x)\b"
+    r"|^\s*did you (?:make|try) this recipe\b|^\s*(?:pin|save|print|rate) (?:this|the) recipe\b",
 ]
 DEFAULT_META_STARTS = [r"(?i)^\s*(?:标签|关键词|关键字|tags?|keywords|filed under|tagged with|posted in)\s*[:：]",
                        r"^\s*(?:\d+\s*[楼#]|#\d+|楼主|沙发|板凳|地板)\s*$",
-                       r"(?i)^\s*(?:customer reviews|reviews|ratings|商品评价|累计评价|用户评价|全部评价)\s*[(（]\s*\d"]
+                       r"(?i)^\s*(?:customer reviews|reviews|ratings|商品评价|宝贝评价|累计评价|用户评价|全部评价)\s*(?:[(（]\s*\d|$)",
+                       r"(?i)^\s*\d(?:\.\d)?\s*(?:from \d[\d,]* votes|out of 5 stars)"]
 # Post and product buttons: a line made only of these (a counter may follow each): "回复 支持(12) 反对(0)".
-DEFAULT_BUTTONS = [r"回复|举报|支持|反对|引用|收藏|分享|点赞|评论|快速回复|返回列表|只看该作者|倒序浏览|打印|顶|踩|楼主",
-                   r"logged|reply|quote|report|like|share|permalink|flag|go up|back to top|write a review|"
-                   r"helpful|not helpful|edit|delete|bookmark"]
+DEFAULT_BUTTONS = [r"回复|举报|支持|反对|引用|收藏|分享|点赞|赞|转发|回应|我来回应|最赞回应|评论|快速回复|返回列表|只看该作者|倒序浏览|打印|顶|踩|楼主|写回答|邀请回答"
+                   r"|添加评论|更多回答|查看全部|收藏宝贝|进店逛逛|关注店铺|加关注|私信",
+                   r"logged|reply|quote|report|like|share|save|permalink|flag|go up|back to top|write a review|"
+                   r"helpful|not helpful|edit|delete|bookmark|learn more|read more|see more|show more|load more|"
+                   r"jump to recipe|print recipe|print|pin it|follow|more answers|more comments|improve this (?:question|answer)|>"]
 MENU_SEPARATORS = re.compile(r"\s+[|·•›»>/]\s+|\s*[|｜]\s*")
+_STAMP = re.compile(r"(?:19|20)\d{2}[-/.]\d{1,2}[-/.]\d{1,2}\s+\d{1,2}:\d{2}(?::\d{2})?")
+_PUNCT = re.compile(r"[。，,！!？?；;]")
+_BAR_OR_DOT = re.compile(r"\s*[|｜]\s*|\s+[·•]\s+")
 
 
 @dataclass(frozen=True)
@@ -79,10 +99,12 @@ class FurnitureConfig:
     buttons: list[str] = field_help(DEFAULT_BUTTONS, "regexes (case-insensitive, no inline flags) of post and product buttons; a line of only these goes")
     min_facets: int = field_help(2, "a line of at least this many distinct facets and no sentence is a meta line")
     max_meta_chars: int = field_help(200, "longer lines are never meta lines")
+    stamp_line_chars: int = field_help(50, "a line at most this long with a date and time and no punctuation is meta")
     notices: list[str] = field_help(DEFAULT_NOTICES, "regexes of reprint, contribution, copyright and post notices")
     max_notice_chars: int = field_help(300, "longer lines are never notices")
     menu_min_items: int = field_help(3, "a menu line has at least this many items between separators")
-    menu_item_chars: int = field_help(16, "and each item is at most this long")
+    menu_min_items_bar: int = field_help(2, "... or this many when the separators are | or · (not in prose)")
+    menu_item_chars: int = field_help(20, "and each item is at most this long")
 
 
 class Furniture:
@@ -109,6 +131,8 @@ class Furniture:
         """'meta', 'notice', 'menu' or None for one stripped line."""
         if len(line) <= self.cfg.max_notice_chars and any(p.search(line) for p in self.notices):
             return "notice"
+        if len(line) <= self.cfg.stamp_line_chars and _STAMP.search(line) and not _PUNCT.search(_STAMP.sub("", line)):
+            return "meta"              # "喵喵教主 2023-08-14 21:30:12 上海": a post header, name + time stamp
         if len(line) <= self.cfg.max_meta_chars and "。" not in line and (
                 any(p.search(line) for p in self.meta_starts)
                 or self.facet_count(line) >= self.cfg.min_facets):
@@ -116,7 +140,8 @@ class Furniture:
         if self.buttons.fullmatch(line):
             return "menu"
         items = [item for item in MENU_SEPARATORS.split(line) if item.strip()]
-        if len(items) >= self.cfg.menu_min_items and all(len(i.strip()) <= self.cfg.menu_item_chars for i in items) \
+        least = self.cfg.menu_min_items_bar if _BAR_OR_DOT.search(line) else self.cfg.menu_min_items
+        if len(items) >= least and all(len(i.strip()) <= self.cfg.menu_item_chars for i in items) \
                 and not line.rstrip().endswith(("。", ".", "？", "?", "!", "！")):
             return "menu"
         return None

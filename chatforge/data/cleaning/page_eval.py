@@ -151,6 +151,16 @@ def score_pages(pages: list[LabelledPage], cfg: BoilerplateConfig, entities: boo
     return groups
 
 
+def drops_on_clean_text(texts: list[str], cfg: BoilerplateConfig, entities: bool = True) -> tuple[int, Counter]:
+    """(non-empty lines, lines dropped per rule) over texts with no boilerplate in them, where every dropped
+    line is a false drop (entities: references decoded, not lines)."""
+    boilerplate, counts, lines = Boilerplate(cfg), Counter(), 0
+    for text in texts:
+        lines += sum(1 for line in normalize_text(text).split("\n") if line.strip())
+        clean_page(text, "", boilerplate, entities, counts)
+    return lines, counts
+
+
 def missed_lines(page: LabelledPage, cfg: BoilerplateConfig, entities: bool = True) -> list[tuple[str, bool]]:
     """The labelled lines the rules got wrong on ``page``: (line, a reader keeps it)."""
     kept = kept_lines(page, clean_page(page.text, page.name, Boilerplate(cfg), entities))
