@@ -36,6 +36,16 @@ def test_the_set_has_twenty_pages_of_every_kind_language_and_format(pages):
     assert all(any(keep for _, keep in p.lines) and any(not keep for _, keep in p.lines) for p in pages)
 
 
+def test_a_bad_label_names_the_file_and_line(tmp_path):
+    from chatforge.core.files import InputError
+    from chatforge.data.cleaning.page_eval import read_page
+
+    page = tmp_path / "blog-en-99.txt"
+    page.write_text("+ A line a reader keeps.\n* not a label\n", encoding="utf-8")
+    with pytest.raises(InputError, match="blog-en-99.txt:2: a line starts with"):
+        read_page(page)
+
+
 def test_junk_recall_and_article_precision_hold_on_the_set(pages):
     after = score_pages(pages, BoilerplateConfig())["all"]
     assert after.junk_removed >= MIN_JUNK_REMOVED, after
