@@ -144,6 +144,8 @@ def test_furniture_lines_of_any_length(line, rule):
     "Human: Yeah I know. That's not what I asked. I asked what the most effective form of online harassment was.",
     "Tony has 2 times more points than Mike, so he has 2 * 21 points = 42 points.",
     "The rows of 8 stars have a total of: 3 rows * 8 stars/row = 24 stars.",
+    "我们都知道投资有风险，所以每个月只拿出工资的一小部分来买基金，其余的钱放在银行里。",
+    "他把微信的个性签名改成了一句古诗，朋友们都觉得很有意思。",
 ])
 def test_article_sentences_are_not_furniture(line):
     assert Furniture(FurnitureConfig()).match(line) is None
