@@ -92,7 +92,9 @@ def test_an_ad_block_goes_and_article_sentences_with_prices_stay():
     ["这款手机售价3999元，比上一代便宜了500元。", "官网 www.example.com 上可以看到全部参数。"],
     ["A plumber would charge you $100 to $150 for a flush.", "Call a professional if you are not sure."],
     ["Contact the author at jane@example.com or +1 (555) 123-4567.", "Prices start at $5 a month."],
-    ["Buy now"], ["二等座的票价是145元。", "我打电话问了客服，她说还有票。"],
+    ["Buy now"], ["ad"], ["sale", "only $5"], ["二等座的票价是145元。", "我打电话问了客服，她说还有票。"],
+    ["MOST OF MY FRIENDS ARE NON MORMONS, SO I THOUGHT MAYBE LIFE WITH THE CODE MIGHT BE HARD",
+     "its cool to know i can stiull live with the code"],
 ])
 def test_prose_that_mentions_prices_sites_or_contacts_is_not_an_ad(lines):
     assert AdBlocks(AdConfig()).find(lines) == set()
@@ -146,6 +148,8 @@ def test_furniture_lines_of_any_length(line, rule):
     "The rows of 8 stars have a total of: 3 rows * 8 stars/row = 24 stars.",
     "我们都知道投资有风险，所以每个月只拿出工资的一小部分来买基金，其余的钱放在银行里。",
     "他把微信的个性签名改成了一句古诗，朋友们都觉得很有意思。",
+    # lines of the default data's chat transcripts that an earlier version of the rules dropped
+    "like", "Skipper > Captain > Sailor", "editors note",
 ])
 def test_article_sentences_are_not_furniture(line):
     assert Furniture(FurnitureConfig()).match(line) is None

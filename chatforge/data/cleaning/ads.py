@@ -53,14 +53,16 @@ DEFAULT_CTA = [
     r"|加入购物车|下单(?:立减|即送|有礼)|现在下单|扫码(?:下载|领取|购买|咨询)|戳链接|免费(?:领取|试用|试听|体验|送)",
     r"(?i)\b(?:buy|order|shop|book|subscribe|sign up|register|download|enroll|claim|grab|apply|act)\b(?:\s+[\w']+){0,3}\s+"
     r"(?:now|today)\b|\bcheck your (?:rate|price|eligibility)\b|^\s*learn more\s*[>»]*\s*$"
-    r"|\badd to (?:cart|bag|basket|wish ?list)\b|\bclick here\b|\b(?:use|with|enter) (?:the |promo |coupon |discount )?code\b"
+    r"|\badd to (?:cart|bag|basket|wish ?list)\b|\bclick here\b"
     r"|\bfree (?:trial|quote|consultation)\b|\b(?:first|1st) month free\b|\bfree for \d+ days\b|\btry \S+(?: \S+){0,3} free\b"
     r"|\bcall (?:us )?(?:now|today)\b|\bget (?:yours|\d+\s?% off)\b|\b(?:visit|shop at|available at) [a-z0-9-]+\.(?:com|io|net"
     r"|shop|store|co)\b|^\s*shop (?:the |our |all )?[\w' -]{1,30}$",
+    # a code to type in, in capitals ("use code CLEAN25"); "live with the code" is not one
+    r"\b(?:[Uu]se|[Ww]ith|[Ee]nter|[Aa]pply) (?:the )?(?:promo |coupon |discount )?code:? [A-Z0-9]{4,}\b",
 ]
 DEFAULT_LABEL = [
     r"^\s*[【\[]\s*(?:[^】\]]{0,6})(?:广告|推广|福利|活动|特惠|促销|爆款|优惠|限时|秒杀|团购|推荐)[^】\]]{0,4}[】\]]",
-    r"(?i)^\s*(?:advertisement|sponsored|ad|promoted|special offer|sale|deal of the day)\b\s*[:：!-]?",
+    r"(?i)^\s*(?:(?:advertisement|sponsored|promoted|special offer|deal of the day)\b|(?:ad|sale)\s*[:：])",
     r"^\s*(?:广告|推广)\s*[:：]",
 ]
 # A handle counts only next to a word that offers it ("Contact the author at ..." in a byline does not).
@@ -70,8 +72,9 @@ _TOLL_FREE = re.compile(r"(?<!\d)1?[-\s.]?\(?8(?:00|33|44|55|66|77|88)\)?[-\s.]\
 CONTACT_PATTERNS = [EMAIL, WECHAT, QQ, CN_MOBILE, CN_LANDLINE, HOTLINE, INTL_PHONE, _TOLL_FREE]
 _DECLARATIVE_END = re.compile(r"[。.]\s*[”\"')）]?\s*$")
 STRONG = ("cta", "contact", "label")
-# A line that is only an ad label ("ADVERTISEMENT", "Promoted", "广告") is an ad block by itself.
-LABEL_ONLY = re.compile(r"(?i)^\s*[【\[(（]?\s*(?:advertisement|advertising|sponsored|promoted|ad|广告|推广|赞助)\s*[】\])）]?"
+# A line that is only an ad label ("ADVERTISEMENT", "Promoted", "广告") is an ad block by itself; not a bare
+# "ad" or "sale", which the default data's chat transcripts have as replies.
+LABEL_ONLY = re.compile(r"(?i)^\s*[【\[(（]?\s*(?:advertisement|advertising|sponsored|promoted|广告|推广|赞助)\s*[】\])）]?"
                         r"\s*(?:[-–—:]\s*(?:continue reading below|story continues below|scroll to continue))?\s*$")
 _EXCLAMATION = re.compile(r"[!！]")
 _WIDE = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uff00-\uffef]")

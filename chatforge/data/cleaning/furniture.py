@@ -12,8 +12,9 @@ which mention "来源" or "copyright" stay. Furniture is often longer ("来源: 
   "Last edited by ..."), by phrases that only such notices use; phrases that prose might quote are
   anchored at the start of the line.
 - ``menu``: a line of short items between separators: at least two with ``|`` or ``·`` (which prose does
-  not use between short phrases), three with ``›``, ``>`` or ``/``: menus, breadcrumbs, post footers
-  ("top_commenter · 4h"); and a line made only of post or product buttons ("回复 举报", "Learn More").
+  not use between short phrases), three with ``›``, ``»`` or ``/``: menus, breadcrumbs, post footers
+  ("top_commenter · 4h"); and a line made only of post or product buttons ("回复 举报", "Reply · Share"),
+  where one button alone goes only if it cannot be a chat reply ("Logged" yes, "like" no).
 
 The regexes are lists in ``FurnitureConfig`` so params can extend them.
 """
@@ -66,8 +67,8 @@ DEFAULT_NOTICES = [
     r"|\breprinted with permission\b|\ball rights reserved\b|\byou must (?:log in|be logged in|register|sign in)\b"
     r"|\bcomments are closed\b|\bbuy me a coffee\b|\bsubscribe to (?:my|our) newsletter\b|\benter your email address\b"
     r"|\bsign up for (?:my|our) newsletter\b",
-    r"(?i)^\s*(?:disclaimer|disclosure|editor'?s note|previous (?:post|article)|next (?:post|article)|share this"
-    r"(?: article| post| story)?|last edited by|(?:enjoyed|liked?) this (?:post|article)\?)",
+    r"(?i)^\s*(?:(?:disclaimer|disclosure|editor'?s note|previous (?:post|article)|next (?:post|article))\s*[:：]"
+    r"|share this(?: article| post| story)?\s*(?:[:：]|$)|last edited by|(?:enjoyed|liked?) this (?:post|article)\?)",
     r"^\s*(?:上一篇|下一篇|上一页|下一页|上一章|下一章)\s*[:：]",
     r"(?i)^\s*(?:trending(?: now)?|most popular|editor'?s picks?|热搜|今日热点|热点推荐)\s*[:：]",
     r"(?i)\b(?:earn|receive|make) (?:a )?(?:small )?commission\b|\baffiliate (?:links?|commission|partner)|打开\s*app|下载\s*app"
@@ -86,7 +87,10 @@ DEFAULT_BUTTONS = [r"回复|举报|支持|反对|引用|收藏|分享|点赞|赞
                    r"logged|reply|quote|report|like|share|save|permalink|flag|go up|back to top|write a review|"
                    r"helpful|not helpful|edit|delete|bookmark|learn more|read more|see more|show more|load more|"
                    r"jump to recipe|print recipe|print|pin it|follow|more answers|more comments|improve this (?:question|answer)|>"]
-MENU_SEPARATORS = re.compile(r"\s+[|·•›»>/]\s+|\s*[|｜]\s*")
+# One button alone on a line is a chat reply as often as a button ("like", "reply"): only these go alone.
+DEFAULT_LONE_BUTTONS = [r"logged|permalink|go up|back to top|write a review|jump to recipe|print recipe|more answers"
+                        r"|快速回复|返回列表|只看该作者|我来回应|更多回答|查看全部|收藏宝贝|进店逛逛|关注店铺"]
+MENU_SEPARATORS = re.compile(r"\s+[|·•›»/]\s+|\s*[|｜]\s*")     # not ">": "Skipper > Captain > Sailor" in a chat
 _STAMP = re.compile(r"(?:19|20)\d{2}[-/.]\d{1,2}[-/.]\d{1,2}\s+\d{1,2}:\d{2}(?::\d{2})?")
 _PUNCT = re.compile(r"[。，,！!？?；;]")
 _BAR_OR_DOT = re.compile(r"\s*[|｜]\s*|\s+[·•]\s+")
@@ -96,6 +100,7 @@ _BAR_OR_DOT = re.compile(r"\s*[|｜]\s*|\s+[·•]\s+")
 class FurnitureConfig:
     facets: list[str] = field_help(DEFAULT_FACETS, "regexes of one meta facet (a key, a counter, a date, a floor)")
     meta_starts: list[str] = field_help(DEFAULT_META_STARTS, "regexes of a line start that makes a meta line alone")
+    lone_buttons: list[str] = field_help(DEFAULT_LONE_BUTTONS, "regexes of buttons that go even alone on a line")
     buttons: list[str] = field_help(DEFAULT_BUTTONS, "regexes (case-insensitive, no inline flags) of post and product buttons; a line of only these goes")
     min_facets: int = field_help(2, "a line of at least this many distinct facets and no sentence is a meta line")
     max_meta_chars: int = field_help(200, "longer lines are never meta lines")
@@ -114,7 +119,8 @@ class Furniture:
         self.notices = [re.compile(p) for p in cfg.notices]
         self.meta_starts = [re.compile(p) for p in cfg.meta_starts]
         token = "(?:" + "|".join(f"(?:{p})" for p in cfg.buttons) + r")(?:\s*[(（]\s*\d[\d,]*\s*[)）])?"
-        self.buttons = re.compile(rf"{token}(?:[\s|·•/]+{token})*", re.IGNORECASE)
+        self.buttons = re.compile(rf"{token}(?:[\s|·•/]+{token})+", re.IGNORECASE)
+        self.lone_buttons = re.compile("|".join(f"(?:{p})" for p in cfg.lone_buttons), re.IGNORECASE)
 
     def facet_count(self, line: str) -> int:
         """Meta facets in ``line``: matches of the facet patterns, overlapping ones counted once."""
@@ -137,7 +143,7 @@ class Furniture:
                 any(p.search(line) for p in self.meta_starts)
                 or self.facet_count(line) >= self.cfg.min_facets):
             return "meta"
-        if self.buttons.fullmatch(line):
+        if self.buttons.fullmatch(line) or self.lone_buttons.fullmatch(line):
             return "menu"
         items = [item for item in MENU_SEPARATORS.split(line) if item.strip()]
         least = self.cfg.menu_min_items_bar if _BAR_OR_DOT.search(line) else self.cfg.menu_min_items
