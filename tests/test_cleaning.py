@@ -204,7 +204,10 @@ def test_stage_end_to_end_and_validation_failure(tmp_path, monkeypatch, mlflow_u
     main([])
     report = json.loads((tmp_path / "reports/clean.json").read_text())
     assert report["documents"] == {"in": 3, "out": 2} and report["duplicates"] == 1
-    assert report["drops"] == {"exact_duplicate": 1} and report["pii"]["email"] == 4   # 3 pages + 1 conversation
+    # 2 English pages + 1 conversation: the Chinese page's e-mail sits in a contribution notice ("投稿邮箱：..."),
+    # a line the notice rule drops before PII redaction
+    assert report["drops"] == {"exact_duplicate": 1} and report["pii"]["email"] == 3
+    assert report["boilerplate_lines"]["notice"] == 1 and report["entities_decoded"] == 0
     assert report["validation"]["success"] and report["bytes"]["out"] < report["bytes"]["in"]
     clean_docs = [json.loads(l) for l in (tmp_path / "data/clean/documents.jsonl").read_text().splitlines()]
     assert [d["split"] for d in clean_docs] == ["train", "validation"]

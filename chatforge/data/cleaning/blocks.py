@@ -1,7 +1,7 @@
 """The per-document cleaning steps as datatrove blocks; each wraps a function of text.py, boilerplate.py,
 pii.py or filters.py, so the rules live in one place and the pipeline is a plain list of these:
 
-    TooLong -> HtmlToText -> NormalizeText -> BoilerplateLines -> PiiPlaceholders -> ScriptLanguage
+    TooLong -> HtmlToText -> UnescapeEntities -> NormalizeText -> BoilerplateLines -> PiiPlaceholders -> ScriptLanguage
     -> DocumentChecks -> Routed(a datatrove quality filter, filter set, language) -> ...
 
 Steps that drop are datatrove filters (``BaseFilter``): the reason goes to their ``exclusion_writer``
@@ -29,12 +29,14 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from chatforge.data.cleaning.boilerplate import Boilerplate, BoilerplateConfig
 from chatforge.data.cleaning.documents import STATE
+from chatforge.data.cleaning.entities import COUNT_KEY, unescape_entities
 from chatforge.data.cleaning.filters import QualityConfig, precheck
 from chatforge.data.cleaning.pii import redact
 from chatforge.data.cleaning.text import detect_language, html_to_text, looks_like_html, normalize_text
 
 PII_STAT = "pii_"
 LINES_STAT = "lines_"
+ENTITIES_STAT = COUNT_KEY
 
 
 class TooLong(BaseFilter):
@@ -69,6 +71,20 @@ class HtmlToText(BaseFilter):
             if not doc.text.strip():
                 return False, "html_no_main_text"
         return True
+
+
+class UnescapeEntities(BaseFormatter):
+    """HTML character references left in text (``&#xff0c;``, twice-escaped ``&amp;nbsp;``) decoded before
+    normalisation (entities.py: ftfy leaves them alone on any line that holds a ``<``)."""
+
+    name = "🔣 HTML entities"
+
+    def format(self, text: str) -> str:
+        counts: Counter = Counter()
+        text = unescape_entities(text, counts)
+        if counts[COUNT_KEY]:
+            self.stat_update(ENTITIES_STAT, value=counts[COUNT_KEY])
+        return text
 
 
 class NormalizeText(BaseFormatter):

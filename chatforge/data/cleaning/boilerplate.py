@@ -5,6 +5,17 @@ Line rules apply only to short lines (``max_line_chars``), so article sentences 
 mention "copyright" or "登录" survive. A line that is only a "related articles" marker cuts the
 rest of the document when what follows looks like a list of titles (short lines without
 sentence punctuation). The rules are regex lists in ``BoilerplateConfig`` so params can extend them.
+
+Three rules look past single short lines (issue #18), each with its own count in reports/clean.json:
+
+- ``list_tail``: more markers ("你可能也喜欢", "Customers who bought this item also bought") and a list
+  shape whatever the line length: every line after the marker is short, or a title with a snippet that
+  ends in an ellipsis ("......", "…"), or a numbered or bulleted item. A marker on the last line goes too.
+- ``ad_block``: runs of lines dense in prices, calls to action and contact handles (ads.py).
+- ``meta``, ``notice``, ``menu``: furniture lines of any length (furniture.py).
+
+A line that one of the older rules matches keeps that rule's name in the counts, so the older counts
+do not move where the new rules also apply.
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chatforge.core.config import field_help
+from chatforge.data.cleaning.ads import AdBlocks, AdConfig
+from chatforge.data.cleaning.furniture import Furniture, FurnitureConfig
 
 DEFAULT_RULES = {
     "breadcrumb": [r"^\s*(?:当前位置|您的位置|你的位置|您现在的位置|所在位置)\s*[:：]",
@@ -41,6 +54,15 @@ DEFAULT_TAIL_MARKERS = [r"(?i)^\s*(?:相关文章|相关阅读|相关推荐|相�
                         r"|往期回顾|related (?:articles|posts|stories)|you may also like|recommended for you"
                         r"|read more|more stories)\s*[:：]?\s*$"]
 
+MORE_TAIL_MARKERS = [r"(?i)^\s*(?:相关文章推荐|相关链接|更多阅读|热门阅读|热门资讯|最新文章|为[你您]推荐|大家都在看|你(?:可能|或许)"
+                     r"(?:也|还)?(?:喜欢|感兴趣|想看)|看了(?:本文|这篇文章)?的人(?:还|也)看了|看了又看|掌柜推荐|店长推荐"
+                     r"|更多精彩|猜您喜欢|相关帖子|相关产品|同类推荐|店铺推荐|更多回答|查看更多|热点新闻|热门新闻|热门资讯|达人选购|you (?:may|might) (?:also )?(?:like|enjoy|be interested in)"
+                     r"|related (?:reading|content|links|products)|products related to this item|similar items|more answers|most (?:popular|read|viewed)|recommended (?:reading|posts|articles|stories)|popular "
+                     r"(?:posts|articles|stories)|trending(?: now| stories)?|more (?:from|articles|posts) [\w ]{0,30}|also on [\w ]{1,30}"
+                     r"|(?:customers|people) who (?:bought|viewed) this(?: item)? also (?:bought|viewed)|frequently bought together"
+                     r"|sponsored (?:links|content|stories)|read next|further reading)\s*[:：]?\s*$"]
+LIST_ITEM = re.compile(r"(?:\.{3,}|…+|。{3,})\s*$|^\s*(?:[-*•·▪►>]|\d{1,2}[.、)）]|\[\d+\]|[（(]\d{1,2}[）)])\s*\S")
+
 
 @dataclass(frozen=True)
 class BoilerplateConfig:
@@ -48,6 +70,13 @@ class BoilerplateConfig:
     rules: dict[str, list[str]] = field_help(DEFAULT_RULES, "rule name -> regexes; a short line matching any is dropped")
     tail_markers: list[str] = field_help(DEFAULT_TAIL_MARKERS, "a line matching one of these cuts the rest")
     tail_max_line_chars: int = field_help(80, "a tail is cut only when its lines are titles (at most this long)")
+    list_tails: bool = field_help(True, "also cut tails after more_tail_markers, and tails of long list items "
+                                        "(title + snippet ending in an ellipsis, numbered or bulleted)")
+    more_tail_markers: list[str] = field_help(MORE_TAIL_MARKERS, "markers that cut a tail when list_tails is on")
+    ad_blocks: bool = field_help(True, "drop runs of lines dense in prices, calls to action and contact handles")
+    ads: AdConfig = field_help(AdConfig(), "the ad-block signals and thresholds (ads.py)")
+    furniture: bool = field_help(True, "drop meta, notice and menu lines whatever their length (furniture.py)")
+    furniture_rules: FurnitureConfig = field_help(FurnitureConfig(), "the furniture patterns and thresholds")
 
 
 class Boilerplate:
@@ -55,26 +84,51 @@ class Boilerplate:
         self.cfg = cfg
         self.rules = {name: [re.compile(p) for p in pats] for name, pats in cfg.rules.items()}
         self.tail = [re.compile(p) for p in cfg.tail_markers]
+        self.more_tail = [re.compile(p) for p in cfg.more_tail_markers] if cfg.list_tails else []
+        self.ads = AdBlocks(cfg.ads) if cfg.ad_blocks else None
+        self.furniture = Furniture(cfg.furniture_rules) if cfg.furniture else None
 
     def _is_title_list(self, lines: list[str]) -> bool:
         rest = [l for l in lines if l.strip()]
         return all(len(l.strip()) <= self.cfg.tail_max_line_chars for l in rest)
 
+    def _is_item_list(self, lines: list[str]) -> bool:
+        """Every line is a title, or a long item: title + snippet ending in an ellipsis, numbered, bulleted."""
+        return all(len(l.strip()) <= self.cfg.tail_max_line_chars or LIST_ITEM.search(l.strip())
+                   for l in lines if l.strip())
+
+    def _tail(self, lines: list[str], i: int) -> str | None:
+        """The rule that cuts ``lines[i:]`` as a "related articles" tail, or None."""
+        line = lines[i].strip()
+        if not line or len(line) > self.cfg.tail_max_line_chars:
+            return None
+        if any(p.search(line) for p in self.tail) and self._is_title_list(lines[i + 1:]):
+            return "related_tail"
+        if self.cfg.list_tails and any(p.search(line) for p in self.tail + self.more_tail) \
+                and self._is_item_list(lines[i + 1:]):
+            return "list_tail"
+        return None
+
     def clean(self, text: str, counts: Counter | None = None) -> str:
         """``text`` without boilerplate lines; ``counts`` gets lines removed per rule."""
+        counts = Counter() if counts is None else counts
         lines = text.split("\n")
+        for i in range(len(lines)):
+            if rule := self._tail(lines, i):
+                counts[rule] += len([l for l in lines[i:] if l.strip()])
+                lines = lines[:i]
+                break
+        in_ads = self.ads.find(lines) if self.ads else set()
         kept = []
         for i, line in enumerate(lines):
             stripped = line.strip()
-            if stripped and len(stripped) <= self.cfg.tail_max_line_chars and any(p.search(stripped) for p in self.tail) \
-                    and self._is_title_list(lines[i + 1:]):
-                if counts is not None:
-                    counts["related_tail"] += len([l for l in lines[i:] if l.strip()])
-                break
             rule = self._match(stripped) if stripped and len(stripped) <= self.cfg.max_line_chars else None
+            if rule is None and i in in_ads:
+                rule = "ad_block"
+            if rule is None and stripped and self.furniture:
+                rule = self.furniture.match(stripped)
             if rule:
-                if counts is not None:
-                    counts[rule] += 1
+                counts[rule] += 1
                 continue
             kept.append(line)
         return "\n".join(kept)

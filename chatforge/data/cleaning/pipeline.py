@@ -3,8 +3,8 @@
 Documents (``clean_document_files``) go through up to six datatrove pipelines, run as one chain of
 executors (executor.py: local worker processes, Slurm or Ray, by params):
 
-    clean            (tasks)  JSONL byte ranges -> too long -> HTML to main text -> ftfy + NFKC + whitespace
-                              -> boilerplate lines -> PII placeholders -> language by script
+    clean            (tasks)  JSONL byte ranges -> too long -> HTML to main text -> HTML entities
+                              -> ftfy + NFKC + whitespace -> boilerplate lines -> PII placeholders -> language by script
                               -> length and script checks -> Gopher / repetition / C4 / FineWeb filters, each
                               routed to its filter set and language -> shard writer -> exact-dedup signatures
     exact_find       (1)      ExactFindDedups over the signatures of every task
@@ -50,6 +50,7 @@ from datatrove.utils.stats import MetricStats
 from chatforge.core.config import field_help
 from chatforge.core.files import InputError, Rejected, read_jsonl, write_jsonl
 from chatforge.data.cleaning.blocks import (
+    ENTITIES_STAT,
     LINES_STAT,
     PII_STAT,
     BoilerplateLines,
@@ -60,6 +61,7 @@ from chatforge.data.cleaning.blocks import (
     Routed,
     ScriptLanguage,
     TooLong,
+    UnescapeEntities,
 )
 from chatforge.data.cleaning.boilerplate import BoilerplateConfig
 from chatforge.data.cleaning.dedup import DedupConfig, exact_config, exact_hash, minhash_config, minhash_signature_step
@@ -81,6 +83,7 @@ class CleaningConfig:
     quality: QualityConfig = field_help(QualityConfig(), "document filters")
     dedup: DedupConfig = field_help(DedupConfig(), "exact and near-duplicate removal")
     pii: bool = field_help(True, "replace PII by typed placeholders")
+    entities: bool = field_help(True, "decode HTML character references left in the text, before normalisation")
     max_chars: int = field_help(1_000_000, "drop documents longer than this (characters) before anything else")
 
 
@@ -91,6 +94,7 @@ class CleanResult:
     drops: Counter = field(default_factory=Counter)
     pii: Counter = field(default_factory=Counter)
     boilerplate_lines: Counter = field(default_factory=Counter)
+    entities: int = 0
     duplicates: int = 0
     records_in: int = 0
     bytes_in: int = 0
@@ -103,7 +107,7 @@ class CleanResult:
     def stats(self) -> dict[str, Any]:
         return {"in": self.records_in, "out": len(self.kept), "bytes": {"in": self.bytes_in, "out": self.bytes_out},
                 "drops": dict(self.drops), "pii": dict(self.pii), "duplicates": self.duplicates,
-                "boilerplate_lines": dict(self.boilerplate_lines)}
+                "boilerplate_lines": dict(self.boilerplate_lines), "entities": self.entities}
 
 
 def _size(text: str) -> int:
@@ -129,7 +133,8 @@ def document_pipelines(inputs: list[Path], cfg: CleaningConfig, work: Path) -> l
         return RejectsWriter(work / "rejected", step, reason)
 
     steps = [JsonlRangeReader(inputs), TooLong(cfg.max_chars, rejects("too_long")),
-             HtmlToText(cfg.quality.web_sources, rejects("html")), NormalizeText(), BoilerplateLines(cfg.boilerplate)]
+             HtmlToText(cfg.quality.web_sources, rejects("html"))] + ([UnescapeEntities()] if cfg.entities else []) \
+        + [NormalizeText(), BoilerplateLines(cfg.boilerplate)]
     if cfg.pii:
         steps.append(PiiPlaceholders())
     steps += [ScriptLanguage(), DocumentChecks(cfg.quality, rejects("checks"))]
@@ -190,6 +195,8 @@ def collect(work: Path, clean_steps: list, tasks: int, source: str) -> CleanResu
             result.pii.update(_prefixed(counts, PII_STAT))
         elif isinstance(step, BoilerplateLines):
             result.boilerplate_lines.update(_prefixed(counts, LINES_STAT))
+        elif isinstance(step, UnescapeEntities):
+            result.entities = int(counts[ENTITIES_STAT])
     reader = ShardReader(work / "kept")
     for rank in range(tasks):
         for doc in reader.run(rank=rank, world_size=tasks):
@@ -329,5 +336,5 @@ def clean_report(results: dict[str, CleanResult]) -> dict[str, Any]:
         drops.update(r.drops)
     return {"documents": {"in": docs["in"], "out": docs["out"]}, "bytes": docs["bytes"], "drops": dict(drops),
             "pii": dict(pii), "duplicates": sum(r.duplicates for r in results.values()),
-            "boilerplate_lines": docs["boilerplate_lines"],
+            "boilerplate_lines": docs["boilerplate_lines"], "entities_decoded": docs["entities"],
             "records": {k: {"in": r.records_in, "out": len(r.kept), "drops": dict(r.drops)} for k, r in results.items()}}
