@@ -36,10 +36,9 @@ def configure_remote(root: Path, url: str) -> None:
     """Make ``url`` this checkout's default DVC remote, in .dvc/config.local (never committed)."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        with repo.config.edit("local") as conf:
-            conf["remote"][REMOTE_NAME] = {"url": url}
-            conf["core"]["remote"] = REMOTE_NAME
+    with Repo(str(root)) as repo, repo.config.edit("local") as conf:
+        conf["remote"][REMOTE_NAME] = {"url": url}
+        conf["core"]["remote"] = REMOTE_NAME
 
 
 def read_lock(root: Path) -> dict[str, Any]:
