@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from chatforge.core.tracking import PARENT_RUN_ENV, configure_mlflow, git_commit, tracking_uri
+from flows.placement import LOCAL, OrchestrationConfig, load_orchestration
 
 _SKIPPED = re.compile(r"Stage '([^']+)' (didn't change|is cached)")
 
@@ -49,10 +50,12 @@ def stage_env(parent_run_id: str | None, root: Path) -> dict[str, str]:
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, tags=["dvc"], task_run_name="{stage}")
-def run_stage(stage: str, parent_run_id: str | None, root: str, force: bool = False) -> str:
-    """``dvc repro --single-item <stage>``; returns "ran" or "cached". Output goes to the run log."""
+def run_stage(stage: str, parent_run_id: str | None, root: str, force: bool = False, pull: bool = False) -> str:
+    """``dvc repro --single-item <stage>``; returns "ran" or "cached". Output goes to the run log.
+    ``pull``: restore the stage from the remote's run cache when another machine ran it already."""
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else []) \
+        + (["--pull"] if pull else [])
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=root, env=stage_env(parent_run_id, Path(root)), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
@@ -86,13 +89,54 @@ def pipeline(only: list[str] | None = None, root: str = ".", force: bool = False
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {stages}")
     selected = [s for s in stages if only is None or s in only]
     logger.info("stages: %s", " -> ".join(selected))
+    placement = load_orchestration(root_path)
+    placement.check(stages)
     configure_mlflow(root_path)
     results: dict[str, str] = {}
     with mlflow.start_run(run_name="pipeline", tags={"git_commit": git_commit(root_path),
                                                      "dvc_exp": os.environ.get("DVC_EXP_NAME", "")}) as parent:
-        for stage in selected:
-            results[stage] = run_stage(stage, parent.info.run_id, str(root_path), force)
+        if placement.distributed:
+            results = run_on_pools(root_path, placement, selected, parent.info.run_id, force)
+        else:
+            for stage in selected:
+                results[stage] = run_stage(stage, parent.info.run_id, str(root_path), force)
         mlflow.log_params({f"stage.{s}": r for s, r in results.items()})
         mlflow.log_metrics({"stages_ran": sum(r == "ran" for r in results.values()),
                             "stages_cached": sum(r == "cached" for r in results.values())})
+    return results
+
+
+def run_on_pools(root: Path, placement: OrchestrationConfig, stages: list[str], parent_run_id: str,
+                 force: bool) -> dict[str, str]:
+    """Pool mode: each stage on its pool's worker (flows/dispatch.py), in DVC's order, one at a time;
+    artifacts and lock entries through the DVC remote. Logs which stage ran where."""
+    import mlflow
+
+    from flows.dispatch import ensure_deployments, submit_stage
+    from flows.remote import configure_remote, read_lock
+    from flows.stage_flow import execute_stage
+
+    logger = get_run_logger()
+    url = placement.remote_url(root)
+    configure_remote(root, url)
+    commit = git_commit(root)
+    if commit.endswith("-dirty"):
+        logger.warning("uncommitted changes in %s: workers run the committed code with this params.yaml", root)
+    ensure_deployments({placement.pool_for(s) for s in stages} - {LOCAL})
+    results: dict[str, str] = {}
+    for stage in stages:
+        pool = placement.pool_for(stage)
+        request = {"stage": stage, "pool": pool, "commit": commit.removesuffix("-dirty"),
+                   "params": (root / "params.yaml").read_text(encoding="utf-8"), "lock": read_lock(root),
+                   "remote": url, "tracking_uri": tracking_uri(root), "parent_run_id": parent_run_id,
+                   "force": force}
+        if pool == LOCAL:
+            request["commit"] = ""                          # this checkout itself
+            record = execute_stage(root, request, f"{parent_run_id}-{stage}")
+        else:
+            record = submit_stage(root, placement, request)
+        results[stage] = record["status"]
+        mlflow.log_params({f"placement.{stage}": f"{pool}@{record['host']}"})
+        mlflow.log_metrics({f"bytes_pulled.{stage}": record["bytes_pulled"],
+                            f"bytes_pushed.{stage}": record["bytes_pushed"]})
     return results

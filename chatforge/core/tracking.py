@@ -59,7 +59,11 @@ def configure_mlflow(root: Path | None = None, experiment: str | None = None) ->
     mlflow.set_tracking_uri(tracking_uri(root))
     name = experiment or os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
     found = mlflow.get_experiment_by_name(name)
-    if found is None:
+    if found is None and tracking_uri(root).startswith(("http://", "https://")):
+        # A tracking server picks the artifact store (its --artifacts-destination), so that stages on
+        # other machines write their artifacts there too, not to a path on the machine that made it.
+        exp_id = mlflow.create_experiment(name)
+    elif found is None:
         artifacts = (root / "mlartifacts").resolve()
         # Absolute artifact location: the default is relative to the CWD at creation time.
         exp_id = mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
