@@ -154,7 +154,7 @@ def add_chat_routes(app: FastAPI, ctx: ServerContext) -> None:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             head["object"] = "chat.completion.chunk"
             items = ctx.runner.stream(messages, cfg, place)
-            return EventStream(stream_events(items, head, include_usage, deadline - time.monotonic()),
+            return EventStream(stream_events(items, head, include_usage, deadline, ctx.limits.request_timeout),
                                on_close=place.leave)
         try:
             done = await ctx.unless_gone(request, ctx.runner.complete(messages, cfg, place), deadline)

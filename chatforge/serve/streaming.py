@@ -68,15 +68,16 @@ async def before(deadline: float, items: AsyncIterator) -> AsyncIterator:
 
 
 async def stream_events(items: AsyncIterator[str | Completion], head: dict[str, Any], include_usage: bool,
-                        timeout: float) -> AsyncIterator[str]:
+                        deadline: float, timeout: float) -> AsyncIterator[str]:
     """The server-sent events of one streamed reply, as OpenAI sends them; ``items`` are its text
-    deltas and then its Completion, arriving within ``timeout`` seconds."""
+    deltas and then its Completion, arriving before the ``time.monotonic()`` deadline (the
+    request's limit of ``timeout`` seconds, counted from its arrival)."""
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return sse({**head, "choices": [choice]})
 
     yield chunk({"role": "assistant", "content": ""})
-    async with contextlib.aclosing(before(time.monotonic() + timeout, items)) as timed:
+    async with contextlib.aclosing(before(deadline, items)) as timed:
         try:
             async for item in timed:
                 if isinstance(item, Completion):
