@@ -23,6 +23,7 @@ that may be the start of a stop string are held back until they resolve.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,8 @@ class Step(Protocol):
 class TorchStep:
     """A step through a transformers causal LM and its ``DynamicCache``."""
 
+    explicit_positions = True            # forward_batch honours position_ids (see chatforge.inference.batching)
+
     def __init__(self, model):
         self.model = model.eval()
 
@@ -98,6 +101,19 @@ class TorchStep:
         with torch.no_grad():
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=past, use_cache=True)
         return out.logits.float(), out.cache
+
+    def forward_batch(self, input_ids, attention_mask, position_ids, kv):
+        """The batched step of ``chatforge.inference.batching``: the cache as flat per-layer tensors
+        ``[k0, v0, k1, v1, ...]`` of shape (B, n_kv, P, Dh), or None before the first token."""
+        import torch
+
+        from chatforge.inference.export import cache_from_flat
+
+        cache = cache_from_flat(kv, self.model.config) if kv else None
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, use_cache=True)
+        return out.logits.float(), [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
 
     def reorder(self, past, index):
         past.reorder_cache(index)
@@ -181,7 +197,12 @@ def sample_tokens(step: Step, prompt_ids: list[int], cfg: DecodingConfig, eos_id
         ids = torch.cat([ids, new], dim=1)
 
 
-def beam_search(step: Step, prompt_ids: list[int], cfg: DecodingConfig, eos_ids: set[int]) -> list[int]:
+class GenerationCancelled(Exception):
+    """The generation was stopped from outside (its client went away, or its time ran out)."""
+
+
+def beam_search(step: Step, prompt_ids: list[int], cfg: DecodingConfig, eos_ids: set[int],
+                cancel: threading.Event | None = None) -> list[int]:
     """The best reply by beam search, scored as in ``generate(num_beams=n, early_stopping=True)``.
 
     Every step keeps the ``n`` best unfinished beams out of the best ``k`` extensions (k = 2n, or
@@ -189,6 +210,7 @@ def beam_search(step: Step, prompt_ids: list[int], cfg: DecodingConfig, eos_ids:
     them); an extension ending in EOS among the top n is a finished hypothesis, scored
     sum(log p) / length ** length_penalty (length = new tokens, EOS included). Stops when n
     hypotheses are finished or at ``max_new_tokens``, where the running beams count as finished too.
+    ``cancel``, once set, stops the search before its next step (GenerationCancelled).
     """
     import torch
 
@@ -202,6 +224,8 @@ def beam_search(step: Step, prompt_ids: list[int], cfg: DecodingConfig, eos_ids:
     prompt_len = len(prompt_ids)
     candidates = max(2, 1 + len(eos_ids)) * n
     for length in range(1, cfg.max_new_tokens + 1):
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled()
         logits, past = step(new, torch.ones_like(ids), past)
         logprobs = procs(ids, torch.log_softmax(logits[:, -1, :], dim=-1))  # (n, V)
         vocab = logprobs.size(-1)
@@ -317,6 +341,31 @@ class Completion:
     token_ids: list[int] = field(default_factory=list)
 
 
+class ReplyBuilder:
+    """Token ids in, reply text deltas out, then the Completion: the text of one reply however its
+    tokens are made (one sequence at a time, or a row of a batch)."""
+
+    def __init__(self, tokenizer, cfg: DecodingConfig, eos_ids: set[int], prompt_tokens: int, dropped: int = 0):
+        self.tokens, self.reply = TextStream(tokenizer), ReplyText(cfg.stop)
+        self.eos_ids, self.prompt_tokens, self.dropped = eos_ids, prompt_tokens, dropped
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string came: the reply is over, whatever tokens follow."""
+        return self.reply.stopped
+
+    def push(self, token: int) -> str:
+        return self.reply.push(self.tokens.push(token))
+
+    def finish(self) -> tuple[str, Completion]:
+        """(the last delta, the Completion) once no more tokens come."""
+        rest = self.reply.push(self.tokens.flush()) + self.reply.flush()
+        ids = self.tokens.ids
+        ended = self.reply.stopped or (bool(ids) and ids[-1] in self.eos_ids)
+        return rest, Completion(self.reply.text, self.prompt_tokens, len(ids), "stop" if ended else "length",
+                                self.dropped, ids)
+
+
 class ChatModel:
     """A tokenizer with the chat template around a step: messages in, a reply out."""
 
@@ -343,33 +392,33 @@ class ChatModel:
                           reserve=max_new_tokens)
         return enc.input_ids, enc.dropped_messages(messages)
 
-    def stream(self, messages: list[dict[str, str]], cfg: DecodingConfig) -> Iterator[str | Completion]:
+    def stream(self, messages: list[dict[str, str]], cfg: DecodingConfig,
+               cancel: threading.Event | None = None) -> Iterator[str | Completion]:
         """Yield text deltas as the tokens come, then the ``Completion`` as the last item.
 
         The deltas join to ``Completion.text``. Beam search knows its reply only at the end, so
-        it yields the whole text at once.
+        it yields the whole text at once; ``cancel`` stops it (closing the stream stops sampling).
         """
         ids, dropped = self.prompt_ids(messages, cfg.max_new_tokens)
-        tokens, reply = TextStream(self.tokenizer), ReplyText(cfg.stop)
+        reply = ReplyBuilder(self.tokenizer, cfg, self.eos_ids, len(ids), dropped)
         if cfg.num_beams > 1:
-            source = iter(beam_search(self.step, ids, cfg, self.eos_ids))
+            source = iter(beam_search(self.step, ids, cfg, self.eos_ids, cancel))
         else:
             source = sample_tokens(self.step, ids, cfg, self.eos_ids)
         for token in source:
-            delta = reply.push(tokens.push(token))
+            delta = reply.push(token)
             if delta:
                 yield delta
             if reply.stopped:
                 break
-        rest = reply.push(tokens.flush()) + reply.flush()
+        rest, done = reply.finish()
         if rest:
             yield rest
-        ended = reply.stopped or (bool(tokens.ids) and tokens.ids[-1] in self.eos_ids)
-        yield Completion(reply.text, len(ids), len(tokens.ids), "stop" if ended else "length", dropped,
-                         tokens.ids)
+        yield done
 
-    def complete(self, messages: list[dict[str, str]], cfg: DecodingConfig) -> Completion:
-        *_, done = self.stream(messages, cfg)
+    def complete(self, messages: list[dict[str, str]], cfg: DecodingConfig,
+                 cancel: threading.Event | None = None) -> Completion:
+        *_, done = self.stream(messages, cfg, cancel)
         return done
 
 

@@ -96,6 +96,19 @@ class OrtStep:
         logits, *present = self.session.run(self.output_names, feeds)
         return torch.from_numpy(logits).float(), present                              # (B, T, V)
 
+    def forward_batch(self, input_ids, attention_mask, position_ids, kv):
+        """The batched step of ``chatforge.inference.batching``, with the cache as torch tensors
+        (numpy views both ways, no copy). The graph places new tokens at positions P, P+1, ...
+        after its past: ``position_ids`` cannot be passed, and the batch keeps every row's
+        tokens right-aligned instead (``explicit_positions`` is False)."""
+        import torch
+
+        past = [t.contiguous().numpy() for t in kv] if kv else None
+        logits, present = self(input_ids, attention_mask, past)
+        return logits, [torch.from_numpy(p) for p in present]
+
+    explicit_positions = False
+
     def reorder(self, past: list[np.ndarray], index) -> list[np.ndarray]:
         rows = np.asarray(index, dtype=np.int64)
         return [p[rows] for p in past]

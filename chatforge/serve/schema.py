@@ -18,16 +18,29 @@ MAX_STOP_STRINGS = 4                     # OpenAI's limit
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask for; past a limit the request gets a 4xx that names it."""
+    """What one request may ask for (past a limit the request gets a 400 that names the field) and
+    how much the server takes on at once (past that, 429 with Retry-After)."""
 
     max_tokens: int = field_help(512, "most new tokens a request may ask for (also always below the context)")
     max_messages: int = field_help(256, "most messages in one request")
     max_request_bytes: int = field_help(1_000_000, "largest request body, in bytes")
+    max_message_chars: int = field_help(32_000, "longest message content, in characters")
+    max_stop_chars: int = field_help(256, "longest stop string, in characters")
+    max_beams: int = field_help(4, "most beams a request may ask for (beam search runs on its own, not batched)")
+    max_top_k: int = field_help(1_000, "largest top_k a request may ask for")
+    max_batch: int = field_help(16, "generations decoded together, sharing each step (1: one at a time)")
+    max_waiting: int = field_help(64, "requests waiting for a place in the batch; one more is answered 429")
+    request_timeout: float = field_help(300.0, "seconds a request may take, waiting included; then it stops")
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "max_messages", "max_request_bytes"):
+        for name in ("max_tokens", "max_messages", "max_request_bytes", "max_message_chars", "max_stop_chars",
+                     "max_beams", "max_top_k", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"'{name}' must be at least 1")
+        if self.max_waiting < 0:
+            raise ValueError("'max_waiting' must be >= 0 (0: no request waits)")
+        if not self.request_timeout > 0:
+            raise ValueError("'request_timeout' must be > 0 seconds")
 
 
 
@@ -93,6 +106,14 @@ def decoding_for(req: ChatRequest, defaults: DecodingConfig, limits: ServerLimit
     if len(req.messages) > limits.max_messages:
         raise ApiError(400, f"Too many messages: {len(req.messages)}; this server takes at most "
                             f"{limits.max_messages} per request.", "messages", "too_many_messages")
+    for i, message in enumerate(req.messages):
+        size = len(message.as_chat()["content"])
+        if size > limits.max_message_chars:
+            raise ApiError(400, f"Message {i} has {size} characters; this server takes at most "
+                                f"{limits.max_message_chars} per message.", f"messages.{i}.content", "message_too_long")
+    for param, asked, most in (("num_beams", req.num_beams, limits.max_beams), ("top_k", req.top_k, limits.max_top_k)):
+        if asked is not None and asked > most:
+            raise ApiError(400, f"{param}={asked} is over this server's limit of {most}.", param, "invalid_value")
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     limit = min(limits.max_tokens, context_length - 1)
@@ -102,6 +123,9 @@ def decoding_for(req: ChatRequest, defaults: DecodingConfig, limits: ServerLimit
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > MAX_STOP_STRINGS or not all(stop):
         raise ApiError(400, f"'stop' takes up to {MAX_STOP_STRINGS} non-empty strings.", "stop", "invalid_value")
+    if any(len(s) > limits.max_stop_chars for s in stop):
+        raise ApiError(400, f"A stop string is over this server's limit of {limits.max_stop_chars} characters.",
+                       "stop", "invalid_value")
     given = {
         "max_new_tokens": min(asked or defaults.max_new_tokens, limit),
         "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "num_beams": req.num_beams,

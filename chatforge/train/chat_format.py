@@ -40,11 +40,35 @@ class EncodedChat:
 
 
 def encode_message(message: dict[str, str], tokenizer) -> tuple[list[int], list[int]]:
-    """One message through the chat template -> (ids, assistant mask from its {% generation %} block)."""
+    """One message through the chat template -> (ids, assistant mask from its {% generation %} block).
+
+    The content is text: a special-token string in it (``<|im_end|>\n<|im_start|>system``) is
+    tokenized as ordinary text, never as the special token, so no message can forge a turn.
+    """
+    if any(special in message["content"] for special in tokenizer.all_special_tokens):
+        return _encode_content_as_text(message, tokenizer)
     out = tokenizer.apply_chat_template([message], tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids = list(out["input_ids"])
     return ids, list(out.get("assistant_masks") or [0] * len(ids))
+
+
+def _encode_content_as_text(message: dict[str, str], tokenizer) -> tuple[list[int], list[int]]:
+    """The template rendered around a special token that it does not write itself (a marker), and
+    the content tokenized with special tokens split in the marker's place. transformers'
+    ``sanitize_control_tokens`` does the same but refuses ``return_assistant_tokens_mask``."""
+    for marker in tokenizer.all_special_tokens:
+        out = tokenizer.apply_chat_template([{**message, "content": marker}], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, marker_id = list(out["input_ids"]), tokenizer.convert_tokens_to_ids(marker)
+        if ids.count(marker_id) == 1:
+            break
+    else:
+        raise ValueError("the chat template writes every special token itself: no marker to place the content")
+    mask = list(out.get("assistant_masks") or [0] * len(ids))
+    at = ids.index(marker_id)
+    text = tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
+    return ids[:at] + text + ids[at + 1:], mask[:at] + [mask[at]] * len(text) + mask[at + 1:]
 
 
 def encode_chat(messages: list[dict[str, str]], tokenizer, max_length: int, *,
