@@ -58,7 +58,7 @@ class BenchmarkTask:
     random: float | None = field_help(None, "random baseline; null = mean 1/choices over the scored docs "
                                             "(multiple choice) or 0 (generated answers)")
     num_fewshot: int | None = field_help(None, "few-shot examples; null = the task's own default")
-    limit: int | None = field_help(None, "score the first N docs; null = benchmarks.limit")
+    limit: int | None = field_help(None, "score the first N docs (benchmarks.limit caps it); null = all")
     chat: bool = field_help(False, "render the prompt (and few-shot turns) with the model's chat template")
     max_gen_toks: int | None = field_help(None, "most generated tokens (generative tasks); null = the task's")
     data_files: Path | None = field_help(None, "a local JSONL/parquet file that replaces the task's test "
@@ -72,7 +72,7 @@ class BenchmarksConfig:
     include_paths: list[Path] = field_help([], "more folders of local task YAMLs (lm-eval --include_path), "
                                                "besides the shipped chatforge/eval/lm_eval_tasks")
     models: list[str] = field_help(["base", "sft", "policy"], "which models of evaluate.models to score")
-    limit: int | None = field_help(None, "docs per task unless the task sets its own; null = all")
+    limit: int | None = field_help(None, "most docs per task, for every task (a quick run); null = no cap")
     batch_size: int = field_help(16, "sequences per forward pass")
     seed: int = field_help(1234, "lm-eval's seeds (few-shot sampling, generation)")
 
@@ -210,7 +210,8 @@ def score_model(lm, cfg: BenchmarksConfig, manager) -> dict[str, dict[str, Any]]
     for task in cfg.tasks:
         spec = task_spec(task, manager)
         check_local_data(spec, manager)
-        limit = task.limit if task.limit is not None else cfg.limit
+        limits = [n for n in (task.limit, cfg.limit) if n is not None]
+        limit = min(limits) if limits else None
         try:
             result = lm_eval.simple_evaluate(
                 lm, tasks=[spec], task_manager=manager, num_fewshot=task.num_fewshot, limit=limit,
