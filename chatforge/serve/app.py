@@ -5,6 +5,9 @@ Routes (``create_app``):
 - ``POST /v1/chat/completions``: OpenAI's request and response, plain or ``stream: true``
   (server-sent events: a ``delta.role`` chunk, ``delta.content`` chunks, a chunk with the
   ``finish_reason``, then ``data: [DONE]``), so the official clients work unchanged.
+- ``POST /v1/completions``: OpenAI's legacy text completions with ``echo`` and ``logprobs``
+  (``chatforge.serve.completions``), so lm-evaluation-harness's ``local-completions`` can score
+  the model; chat completions take ``logprobs`` / ``top_logprobs`` too (not with ``stream``).
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 - ``GET /``: the chat page (``chatforge/serve/static/chat.html``); ``GET /health``: liveness and the
   queue (``busy``, ``waiting``), without a key.
@@ -12,7 +15,8 @@ Routes (``create_app``):
 How OpenAI's fields map (the README lists them too): ``max_tokens`` or ``max_completion_tokens``,
 ``temperature``, ``top_p``, ``seed``, ``stop`` (up to 4 strings, not included in the reply),
 ``frequency_penalty`` and ``presence_penalty`` (applied as OpenAI defines them) are supported;
-``n`` must be 1; ``logprobs`` and ``tools`` are refused. A field left out takes the server's
+``logprobs`` and ``top_logprobs`` (not with ``stream``) are supported;
+``n`` must be 1; ``tools`` are refused. A field left out takes the server's
 default (the decoding flags of ``chatforge serve``: greedy unless ``--temperature``), not OpenAI's
 temperature 1, so a plain request is reproducible. Extensions: ``top_k``, ``num_beams``,
 ``repetition_penalty``. ``model`` may name anything: the loaded model answers.
@@ -43,9 +47,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.inference.decoding import ChatModel, DecodingConfig
+from chatforge.serve.completions import add_completion_routes, chat_logprobs
 from chatforge.serve.errors import ApiError, validation_error
 from chatforge.serve.queue import ModelRunner
 from chatforge.serve.schema import ChatRequest, ServerLimits, decoding_for
@@ -153,11 +159,18 @@ def create_app(chat_model: ChatModel, *, api_key: str | None = None, limits: Ser
         except Exception as err:                    # one failed generation must not end the server
             log.exception("generation failed for %s", reply_id)
             raise ApiError(500, f"Generation failed: {type(err).__name__}: {err}", type="server_error") from err
+        logprobs = None
+        if req.logprobs:
+            async with runner.turn():
+                logprobs = await run_in_threadpool(chat_logprobs, chat_model, messages, cfg, done.token_ids,
+                                                   req.top_logprobs or 0)
         return {
             **head,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                         "logprobs": None, "finish_reason": done.finish_reason}],
+                         "logprobs": logprobs, "finish_reason": done.finish_reason}],
             "usage": usage(done),
         }
 
+    add_completion_routes(app, runner, authorize=authorize, read_body=read_body, defaults=defaults, limits=limits,
+                          model_id=model_id)
     return app
