@@ -2,7 +2,8 @@
 
 Reads every model (models/{base,sft,reward,judge,policy}), the held-out splits of
 data/clean/{conversations,prompts}.jsonl and every stage's report. Writes reports/eval.json (a
-DVC metrics file), reports/samples.md, reports/report.md and reports/plots/. Registers the models
+DVC metrics file; with each model's lm-eval benchmark scores), reports/samples.md, reports/report.md
+and reports/plots/. Registers the models
 as chatforge-{base,sft,reward,policy} (alias candidate) and moves chatforge-policy@champion when
 the gate passes. Params: seed, evaluate.
 Run: dvc repro evaluate   or   python -m stages.evaluate --set evaluate.register=false
@@ -19,7 +20,14 @@ from chatforge.core.config import load_config
 from chatforge.core.files import atomic_write_text
 from chatforge.core.tracking import setup_logging, stage_run
 from chatforge.eval.champion import register_and_gate
-from chatforge.eval.measurements import EvaluateConfig, gather, measure_models, read_reports, render_samples
+from chatforge.eval.measurements import (
+    EvaluateConfig,
+    benchmark_models,
+    gather,
+    measure_models,
+    read_reports,
+    render_samples,
+)
 from chatforge.eval.report_card import write_report_card
 
 log = logging.getLogger(__name__)
@@ -41,9 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         heldout, samples, prompts = measure_models(ev, cfg.seed)
         atomic_write_text(ev.samples, render_samples(samples))
         figures = gather(reports, heldout)
+        figures["benchmarks"] = benchmark_models(ev)
         gate = None
         if ev.register and "rlhf" in reports:
-            gate = register_and_gate(ev, reports["rlhf"], prompts, cfg.seed)
+            gate = register_and_gate(ev, reports["rlhf"], prompts, cfg.seed, benchmarks=figures["benchmarks"])
             figures["gate"] = {k: v for k, v in gate.items() if k != "versions"}
         write_report_card(ev, figures, reports, gate, Path.cwd())
         figures["wall_seconds"] = round(time.perf_counter() - start, 1)

@@ -32,9 +32,20 @@ def test_report_card_renders_every_section(tmp_path):
     assert all(p.exists() and p.stat().st_size > 1000 for p in plots.values()) and len(plots) == 4
     gate = {"promote": True, "reason": "beats sft", "baseline": "sft", "candidate_reward": 0.3,
             "baseline_reward": 0.1, "kl": 1.5, "kl_bound": 20.0, "versions": {"chatforge-policy": "1"}}
+    score = {"accuracy": 0.5, "stderr": 0.1, "samples": 20, "random": 0.25, "centered": 1 / 3,
+             "centered_stderr": 0.1333, "metric": "acc_norm,none", "num_fewshot": 0, "chat": False}
+    ev["benchmarks"] = {m: {"tasks": {"hellaswag": score}, "aggregate": {"value": 1 / 3, "stderr": 0.1333, "tasks": 1}}
+                        for m in ("base", "sft", "policy")}
+    ev["benchmarks"]["policy"]["aggregate"] = {"value": 0.01, "stderr": 0.1, "tasks": 1}
+    gate["benchmark"] = {"candidate": 0.01, "candidate_stderr": 0.1, "baseline": 1 / 3, "baseline_stderr": 0.1333,
+                         "baseline_name": "sft", "tolerance": 0.1667, "regressed": True}
     card = render_report_card(ev, REPORTS, gate, environment(tmp_path), plots, tmp_path,
                               tmp_path / "reports" / "report.md", {"pretrain": 12.0})
-    for section in ("Headline", "Data", "Tokenizer", "Models", "Reward model", "RLHF", "Registry and gate",
+    assert "| hellaswag | acc_norm,none | 25.0 | 50.0 ± 10.0 (n=20) | 50.0 ± 10.0 (n=20) | 50.0 ± 10.0 (n=20) | " \
+           "GPT-2 124M 30.9; SmolLM2-135M-Instruct 43 |" in card
+    assert "0.333 ± 0.133 (above chance) | 0.010 ± 0.100 (at chance) | GPT-2 124M (CORE) 0.114 |" in card
+    assert "| benchmark aggregate (candidate / baseline) | 0.01 / 0.3333 (sft) |" in card
+    for section in ("Headline", "Benchmarks", "Data", "Tokenizer", "Models", "Reward model", "RLHF", "Registry and gate",
                     "Export", "Environment", "Plots"):
         assert f"## {section}" in card
     assert "| validation bits per byte (documents) | 1.9 |" in card and "promoted to champion" in card
@@ -69,7 +80,18 @@ def workspace(tmp_path, tiny_model_dir, tiny_tokenizer):
         (tmp_path / "reports" / file).write_text(json.dumps(report))
     (tmp_path / "params.yaml").write_text(
         "seed: 0\nevaluate:\n  heldout_conversations: 3\n  sample_prompts: 1\n  max_new_tokens: 4\n"
-        "  max_length: 64\n  champion_eval: {max_prompts: 2, samples_per_prompt: 1, max_new_tokens: 4, max_length: 64}\n")
+        "  max_length: 64\n  champion_eval: {max_prompts: 2, samples_per_prompt: 1, max_new_tokens: 4, max_length: 64}\n"
+        "  gate: {benchmark_no_regression: true}\n"
+        "  benchmarks: {include_paths: [tasks], batch_size: 4, tasks: [{task: pick_mc, metric: acc_norm}]}\n")
+    # a local multiple-choice task (2 and 3 choices) as a user writes one, over a JSONL file
+    (tmp_path / "tasks").mkdir()
+    docs = [{"q": "How are you?", "choices": ["Fine!", "数据清洗"], "label": 0},
+            {"q": "The quick brown fox", "choices": ["jumps over the lazy dog.", "模型", "the"], "label": 0}] * 3
+    (tmp_path / "tasks" / "pick.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tasks" / "pick_mc.yaml").write_text(
+        "task: pick_mc\ndataset_path: json\ndataset_kwargs: {data_files: {test: tasks/pick.jsonl}}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\nmetric_list: [{metric: acc}, {metric: acc_norm}]\n")
     return tmp_path
 
 
@@ -92,6 +114,17 @@ def test_evaluate_stage_measures_registers_and_gates(workspace, monkeypatch, mlf
     assert samples.count("*beam search (4 beams)*") == 2 * 3 and "Do you remember what instrument" in samples
     card = (workspace / "reports/report.md").read_text()
     assert "## Registry and gate" in card and "promoted to champion" in card
+    bench = ev["benchmarks"]
+    assert set(bench) == {"base", "sft", "policy"}
+    pick = bench["policy"]["tasks"]["pick_mc"]
+    assert pick["samples"] == 6 and pick["random"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert pick["metric"] == "acc_norm,none" and bench["policy"]["aggregate"]["tasks"] == 1
+    # the same weights in base, sft and policy: the same scores, so no regression against SFT
+    assert bench["base"]["tasks"]["pick_mc"]["accuracy"] == pick["accuracy"]
+    assert ev["gate"]["benchmark"]["baseline_name"] == "sft" and not ev["gate"]["benchmark"]["regressed"]
+    assert "## Benchmarks" in card and "| pick_mc | acc_norm,none | 41.7 |" in card
+    tags = mlflow.MlflowClient().get_model_version("chatforge-policy", "1").tags
+    assert float(tags["benchmark_aggregate"]) == pytest.approx(bench["policy"]["aggregate"]["value"])
 
     main([])                                   # the same policy again vs the champion: a tie is refused
     ev = json.loads((workspace / "reports/eval.json").read_text())
@@ -100,3 +133,6 @@ def test_evaluate_stage_measures_registers_and_gates(workspace, monkeypatch, mlf
     run = mlflow.search_runs(experiment_names=["chatforge"], output_format="list",
                              order_by=["attributes.start_time DESC"])[0]
     assert run.data.tags["stage"] == "evaluate" and "gate.promote" in run.data.metrics
+    assert ev["gate"]["benchmark"]["baseline_name"] == "champion v1"        # read back from its registry tags
+    assert run.data.metrics["benchmarks.policy.aggregate.value"] == pytest.approx(ev["benchmarks"]["policy"]["aggregate"]["value"])
+    assert run.data.metrics["benchmarks.sft.tasks.pick_mc.stderr"] == pytest.approx(ev["benchmarks"]["sft"]["tasks"]["pick_mc"]["stderr"])

@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
+
 from chatforge.eval.registry import (
     CANDIDATE,
     CHAMPION,
+    BenchmarkCheck,
     alias_version,
     apply_decision,
     decide_promotion,
@@ -20,6 +23,14 @@ def test_decide_promotion_rules():
     assert not decide_promotion(0.2, 0.2, "champion v1", kl=0.1, kl_bound=1.0).promote      # a tie is no win
     assert not decide_promotion(0.5, 0.2, "sft", kl=math.nan, kl_bound=1.0).promote
     assert not decide_promotion(0.25, 0.2, "sft", kl=0.1, kl_bound=1.0, min_gain=0.1).promote
+    # the benchmark aggregate may fall by at most the standard error of the difference (0.05 here)
+    within = BenchmarkCheck(0.17, 0.03, 0.2, 0.04, "sft")
+    assert within.tolerance == pytest.approx(0.05) and not within.regressed
+    assert decide_promotion(0.5, 0.2, "sft", kl=0.1, kl_bound=1.0, benchmark=within).promote
+    beyond = decide_promotion(0.5, 0.2, "sft", kl=0.1, kl_bound=1.0, benchmark=BenchmarkCheck(0.14, 0.03, 0.2, 0.04, "sft"))
+    assert not beyond.promote and "benchmark aggregate 0.1400 fell below sft's 0.2000" in beyond.reason
+    assert beyond.to_json()["benchmark"]["regressed"] is True
+    assert BenchmarkCheck(math.nan, 0.03, 0.2, 0.04, "sft").regressed
 
 
 def test_gate_promotes_then_refuses_on_real_registry(tiny_model_dir, mlflow_uri):

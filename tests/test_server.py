@@ -160,7 +160,7 @@ def body(**fields) -> str:
     (body(n=2), "n", "n=1"),
     (body(stop=["a", "b", "c", "d", "e"]), "stop", "up to 4"),
     (body(stop=7), "stop", "a string or a list of strings"),
-    (body(logprobs=True), "logprobs", "not supported"),
+    (body(logprobs=True, stream=True), "logprobs", "not supported with stream"),
     (body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "not supported"),
     (body(num_beams=2, temperature=0.7), None, "beam search is deterministic"),
     (body(frequency_penalty=5), "frequency_penalty", "less than or equal to 2"),

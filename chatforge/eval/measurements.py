@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.core.config import field_help, to_dict
+from chatforge.eval.benchmarks import BenchmarksConfig
 from chatforge.rl.evaluation import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class StageReports:
 class GateConfig:
     kl_bound: float = field_help(20.0, "largest KL(policy || SFT) in nats per reply a champion may have")
     min_gain: float = field_help(0.0, "held-out judge reward the candidate must gain over the baseline")
+    benchmark_no_regression: bool = field_help(False, "refuse a policy whose benchmark aggregate is below the "
+                                                      "baseline's by more than the standard error of the difference")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class EvaluateConfig:
     ], "a multi-turn conversation whose answer depends on an earlier turn")
     gate: GateConfig = field_help(GateConfig(), "when the new policy becomes the champion")
     champion_eval: EvalSettings = field_help(EvalSettings(max_prompts=32), "candidate vs champion comparison")
+    benchmarks: BenchmarksConfig = field_help(BenchmarksConfig(), "lm-evaluation-harness tasks scored on each model")
     register: bool = field_help(True, "log and register the models in the MLflow registry")
 
 
@@ -185,6 +189,16 @@ def gather(reports: dict[str, dict[str, Any]], heldout: dict[str, dict[str, floa
     if export:
         out["export"] = export
     return out
+
+
+def benchmark_models(ev: EvaluateConfig) -> dict[str, dict[str, Any]]:
+    """lm-eval's tasks on the models that ``ev.benchmarks.models`` names ({} when off)."""
+    from chatforge.eval.benchmarks import run_benchmarks
+
+    unknown = [m for m in ev.benchmarks.models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"evaluate.benchmarks.models: {unknown} are not among {list(MODELS)}")
+    return run_benchmarks(ev.benchmarks, {m: getattr(ev.models, m) for m in ev.benchmarks.models})
 
 
 def read_reports(ev: EvaluateConfig) -> dict[str, dict]:

@@ -6,7 +6,8 @@ registered as ``chatforge-base``, ``chatforge-sft``, ``chatforge-reward`` and ``
 Each new version gets the alias ``candidate`` and tags naming the git commit and the dvc.lock hash
 of the stage that produced it. ``champion`` moves to a new policy only when ``decide_promotion``
 says so: its held-out reward beats the current champion's (or the SFT model's when there is no
-champion) with the KL to SFT within the bound.
+champion) with the KL to SFT within the bound, and, when the gate asks for it, its benchmark
+aggregate has not fallen below the baseline's by more than the standard error of the difference.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,26 @@ class RegisteredModel:
 
 
 @dataclass(frozen=True)
+class BenchmarkCheck:
+    """The candidate's benchmark aggregate against the baseline's, each with its standard error."""
+
+    candidate: float
+    candidate_stderr: float
+    baseline: float
+    baseline_stderr: float
+    baseline_name: str       # "champion v<N>" or "sft"
+
+    @property
+    def tolerance(self) -> float:
+        """The standard error of the difference (the two aggregates taken as independent)."""
+        return math.sqrt(self.candidate_stderr ** 2 + self.baseline_stderr ** 2)
+
+    @property
+    def regressed(self) -> bool:
+        return not self.candidate >= self.baseline - self.tolerance          # a NaN counts as a regression
+
+
+@dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
@@ -39,24 +61,36 @@ class GateDecision:
     baseline: str            # "champion v<N>" or "sft"
     kl: float
     kl_bound: float
+    benchmark: BenchmarkCheck | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.benchmark is not None:
+            out["benchmark"]["tolerance"] = self.benchmark.tolerance
+            out["benchmark"]["regressed"] = self.benchmark.regressed
+        return out
 
 
 def decide_promotion(candidate_reward: float, baseline_reward: float, baseline: str, kl: float,
-                     kl_bound: float, min_gain: float = 0.0) -> GateDecision:
-    """Promote when the candidate's held-out reward beats the baseline's by more than ``min_gain``
-    and its KL to the SFT model is within ``kl_bound``."""
+                     kl_bound: float, min_gain: float = 0.0, benchmark: BenchmarkCheck | None = None) -> GateDecision:
+    """Promote when the candidate's held-out reward beats the baseline's by more than ``min_gain``,
+    its KL to the SFT model is within ``kl_bound`` and (with ``benchmark``) its benchmark aggregate
+    has not regressed beyond the standard error."""
     gain = candidate_reward - baseline_reward
     if not kl <= kl_bound:                                   # also refuses a NaN KL
         reason = f"KL {kl:.4f} is over the bound {kl_bound:.4f}"
     elif not gain > min_gain:
         reason = f"held-out reward {candidate_reward:.4f} does not beat {baseline} ({baseline_reward:.4f}) by > {min_gain}"
+    elif benchmark is not None and benchmark.regressed:
+        reason = (f"benchmark aggregate {benchmark.candidate:.4f} fell below {benchmark.baseline_name}'s "
+                  f"{benchmark.baseline:.4f} by more than its standard error {benchmark.tolerance:.4f}")
     else:
         reason = f"held-out reward {candidate_reward:.4f} beats {baseline} ({baseline_reward:.4f}) at KL {kl:.4f} <= {kl_bound}"
-        return GateDecision(True, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound)
-    return GateDecision(False, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound)
+        if benchmark is not None:
+            reason += (f"; benchmark aggregate {benchmark.candidate:.4f} vs {benchmark.baseline_name}'s "
+                       f"{benchmark.baseline:.4f} (within {benchmark.tolerance:.4f})")
+        return GateDecision(True, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound, benchmark)
+    return GateDecision(False, reason, candidate_reward, baseline_reward, baseline, kl, kl_bound, benchmark)
 
 
 def dvc_lock_hash(lock_file: Path, stage: str) -> str:

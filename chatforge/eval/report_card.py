@@ -1,7 +1,7 @@
 """The report card (reports/report.md): what was built and how good it is, for a newcomer.
 
-Sections: headline table, data, tokenizer, models, reward model, RLHF, registry decision,
-export, environment, plots. Everything comes from plain dicts (eval.json, the stage reports,
+Sections: headline table, benchmarks (lm-eval tasks x models, published figures beside), data,
+tokenizer, models, reward model, RLHF, registry decision, export, environment, plots. Everything comes from plain dicts (eval.json, the stage reports,
 MLflow metric histories), so a test can render it from a tiny run.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from chatforge.eval.benchmarks import ANCHORS
 from chatforge.eval.figures import code_size, fmt, md_table, plot_bars, plot_lines
 from chatforge.eval.measurements import EvaluateConfig, pick
 
@@ -61,6 +62,37 @@ def make_plots(plots_dir: Path, curves: dict[str, Curves], drops: dict[str, floa
     return made
 
 
+def _cell(score: dict[str, Any] | None) -> str:
+    if not score:
+        return "–"
+    return f"{100 * score['accuracy']:.1f} ± {100 * score['stderr']:.1f} (n={score['samples']})"
+
+
+def benchmark_table(bench: dict[str, dict[str, Any]]) -> str:
+    """Tasks x models (accuracy % ± standard error, docs scored), the random baseline, the published
+    figures where a task matches, and the CORE-style aggregate last, with a verdict against chance."""
+    models = list(bench)
+    tasks = list(dict.fromkeys(t for m in models for t in bench[m]["tasks"]))
+    rows = []
+    for task in tasks:
+        first = next(bench[m]["tasks"][task] for m in models if task in bench[m]["tasks"])
+        anchors = "; ".join(f"{who} {v:g}" for who, v in ANCHORS.get(task, {}).items())
+        rows.append([task, first["metric"] + (" (chat)" if first.get("chat") else ""), f"{100 * first['random']:.1f}",
+                     *[_cell(bench[m]["tasks"].get(task)) for m in models], anchors or "–"])
+    aggs = []
+    for m in models:
+        a = bench[m]["aggregate"]
+        verdict = "at chance" if abs(a["value"]) <= 2 * a["stderr"] else ("above chance" if a["value"] > 0 else "below chance")
+        aggs.append(f"{a['value']:.3f} ± {a['stderr']:.3f} ({verdict})")
+    rows.append(["**aggregate** (CORE-style)", "mean centred accuracy", "0", *aggs,
+                 "; ".join(f"{who} {v:g}" for who, v in ANCHORS["aggregate"].items())])
+    note = ("Accuracy in % ± its standard error (docs scored), by lm-evaluation-harness. *random* is the accuracy "
+            "of guessing (mean 1/choices). The aggregate averages (acc - random) / (1 - random) over the tasks, as "
+            "CORE does: 0 is chance, 1 is perfect; *at chance* means within two standard errors of 0. Published "
+            "figures are for the models named, on the full task (ours may score a limit of docs).")
+    return note + "\n\n" + md_table(["task", "metric", "random", *[m.upper() for m in models], "published"], rows)
+
+
 def _section(title: str, body: str) -> str:
     return f"## {title}\n\n{body}\n"
 
@@ -87,6 +119,8 @@ def render_report_card(ev: dict[str, Any], reports: dict[str, dict[str, Any]], g
         ["distinct-2", None, pick(rl, "distinct2_sft"), pick(rl, "distinct2_policy")],
     ])
     parts.append(_section("Headline", headline))
+    if ev.get("benchmarks"):
+        parts.append(_section("Benchmarks", benchmark_table(ev["benchmarks"])))
 
     data_rows = [["prepare_data: records in / accepted / rejected", f"{fmt(prep.get('records_in'))} / "
                   f"{fmt(prep.get('records_accepted'))} / {fmt(prep.get('records_rejected'))}"]]
@@ -123,6 +157,10 @@ def render_report_card(ev: dict[str, Any], reports: dict[str, dict[str, Any]], g
             ["reason", gate["reason"]], ["baseline", gate["baseline"]],
             ["candidate held-out reward", gate["candidate_reward"]], ["baseline held-out reward", gate["baseline_reward"]],
             ["KL", gate["kl"]], ["KL bound", gate["kl_bound"]]]
+            + ([["benchmark aggregate (candidate / baseline)", f"{fmt(gate['benchmark']['candidate'])} / "
+                 f"{fmt(gate['benchmark']['baseline'])} ({gate['benchmark']['baseline_name']})"],
+                ["benchmark regression allowed (standard error)", gate["benchmark"]["tolerance"]]]
+               if gate.get("benchmark") else [])
             + [[f"registered {k}", v] for k, v in gate.get("versions", {}).items()])))
     export = reports.get("export")
     if export:

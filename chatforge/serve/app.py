@@ -6,14 +6,17 @@ Routes (``create_app``; each group registered by a function that takes the app a
 - ``POST /v1/chat/completions``: OpenAI's request and response, plain or ``stream: true``
   (server-sent events: a ``delta.role`` chunk, ``delta.content`` chunks, a chunk with the
   ``finish_reason``, then ``data: [DONE]``), so the official clients work unchanged.
+- ``POST /v1/completions``: OpenAI's legacy text completions with ``echo`` and ``logprobs``
+  (``chatforge.serve.completions``), so lm-evaluation-harness's ``local-completions`` can score
+  the model; chat completions take ``logprobs`` / ``top_logprobs`` too (not with ``stream``).
 - ``GET /v1/models`` and ``GET /v1/models/{id}``: the one loaded model.
 - ``GET /``: the chat page (``chatforge/serve/static/chat.html``); ``GET /health``: liveness and the
   load (``busy``, ``active``, ``waiting``), without a key; the model's id only with the key.
 
 How OpenAI's fields map: ``max_tokens`` or ``max_completion_tokens``, ``temperature``, ``top_p``,
 ``seed``, ``stop`` (up to 4 strings, not included in the reply), ``frequency_penalty`` and
-``presence_penalty`` (applied as OpenAI defines them) are supported; ``n`` must be 1; ``logprobs``
-and ``tools`` are refused. A field left out takes the server's default (the decoding flags of
+``presence_penalty`` (applied as OpenAI defines them) are supported; ``logprobs`` and
+``top_logprobs`` (not with ``stream``) are supported; ``n`` must be 1; ``tools`` are refused. A field left out takes the server's default (the decoding flags of
 ``chatforge serve``: greedy unless ``--temperature``), not OpenAI's temperature 1, so a plain request
 is reproducible. Extensions: ``top_k``, ``num_beams``, ``repetition_penalty``. ``model`` may name
 anything: the loaded model answers.
@@ -46,9 +49,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.inference.decoding import ChatModel, DecodingConfig
+from chatforge.serve.completions import add_completion_routes, chat_logprobs
 from chatforge.serve.context import ClientGone, ServerContext
 from chatforge.serve.errors import ApiError, internal_error, validation_error
 from chatforge.serve.guard import LOOPBACK_NAMES, HostAllowlist
@@ -81,6 +86,7 @@ def create_app(chat_model: ChatModel, *, api_key: str | None = None, limits: Ser
     add_error_handlers(app)
     add_info_routes(app, ctx)
     add_chat_routes(app, ctx)
+    add_completion_routes(app, ctx)
     return app
 
 
@@ -164,9 +170,14 @@ def add_chat_routes(app: FastAPI, ctx: ServerContext) -> None:
             raise internal_error(f"generation failed for {reply_id}") from None
         finally:
             place.leave()
+        logprobs = None
+        if req.logprobs:                           # one forward pass over prompt and reply, holding a place
+            async with ctx.runner.place():
+                logprobs = await run_in_threadpool(chat_logprobs, ctx.chat_model, messages, cfg, done.token_ids,
+                                                   req.top_logprobs or 0)
         return {
             **head,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                         "logprobs": None, "finish_reason": done.finish_reason}],
+                         "logprobs": logprobs, "finish_reason": done.finish_reason}],
             "usage": usage(done),
         }

@@ -85,6 +85,7 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
     # chatforge extensions
     top_k: int | None = Field(None, ge=0)
@@ -98,8 +99,11 @@ def decoding_for(req: ChatRequest, defaults: DecodingConfig, limits: ServerLimit
     """The request's decoding settings on top of the server's defaults; ApiError when out of bounds."""
     if req.n not in (None, 1):
         raise ApiError(400, f"n={req.n} is not supported: this server returns one choice (n=1).", "n", "invalid_value")
-    if req.logprobs:
-        raise ApiError(400, "logprobs are not supported by this server.", "logprobs", "unsupported_parameter")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs=true.", "top_logprobs", "invalid_value")
+    if req.logprobs and req.stream:
+        raise ApiError(400, "logprobs are not supported with stream=true on this server.", "logprobs",
+                       "unsupported_parameter")
     if req.tools:
         raise ApiError(400, "tools (function calling) are not supported by this server.", "tools",
                        "unsupported_parameter")
