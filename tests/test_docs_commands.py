@@ -24,8 +24,10 @@ def documented_commands() -> list[tuple[str, str]]:
     found = []
     for page in PAGES:
         text = page.read_text()
-        # indented code, with backslash continuations joined
-        code = [line[4:] for line in text.replace("\\\n", " ").splitlines() if line.startswith("    ")]
+        lines = text.replace("\\\n", " ").splitlines()          # backslash continuations joined
+        fenced = [i for i, line in enumerate(lines) if line.lstrip().startswith("```")]
+        inside = {i for a, b in zip(fenced[0::2], fenced[1::2]) for i in range(a + 1, b)}
+        code = [line[4:] for line in lines if line.startswith("    ")] + [lines[i] for i in sorted(inside)]
         code += re.findall(r"`([^`\n]+)`", text)
         for snippet in code:
             for match in STARTS.finditer(snippet):
@@ -57,6 +59,8 @@ def test_chatforge_command_parses(page, command):
     from flows.cli import build_parser
 
     args = tokens(command)[1:]
+    if len(args) == 1:                           # a subcommand named in prose: it exists
+        args.append("--help")
     try:
         build_parser().parse_args(args)
     except SystemExit as exit_:
