@@ -73,3 +73,22 @@ def test_an_empty_input_still_gets_a_readable_shard(tmp_path):
     assert read_jsonl(tmp_path / "none") == []
     with pytest.raises(InputError, match="shards are empty"):
         list(iter_jsonl(tmp_path / "none"))
+
+
+def test_tokenizer_sample_is_bounded_seeded_and_independent_of_sharding(tmp_path):
+    import random
+
+    from chatforge.data.sampling import sample_texts
+
+    rng = random.Random(0)
+    docs = [{"id": f"d{i}", "text": "w" * rng.randint(1, 100), "split": "validation" if i % 10 == 0 else "train"}
+            for i in range(1000)]
+    write_jsonl(tmp_path / "one.jsonl", docs)
+    shuffled = docs[:]
+    rng.shuffle(shuffled)
+    write_shards(tmp_path / "shards", shuffled, records_per_shard=77)
+    a, b = sample_texts(tmp_path / "one.jsonl", "train", 5000, seed=1), sample_texts(tmp_path / "shards", "train", 5000, seed=1)
+    assert sorted(a) == sorted(b) and 5000 <= sum(map(len, a)) < 5000 + 100        # one document past the budget
+    assert sorted(sample_texts(tmp_path / "one.jsonl", "train", 5000, seed=2)) != sorted(a)
+    everything = [d["text"] for d in docs if d["split"] == "train"]
+    assert sample_texts(tmp_path / "one.jsonl", "train", 10**9, seed=1) == everything   # fits: all, in input order
