@@ -140,6 +140,8 @@ def main() -> None:
             row["tokens"] = sum(s["tokens"] for s in index["splits"].values())
             row["documents"] = sum(s["documents"] for s in index["splits"].values())
             row["loader"] = loader_vs_model(work / "data/tokens")
+            print(f"x{scale} loader: {row['loader'][0]:,.0f} tokens/s, tiny model {row['loader'][1]:,.0f} tokens/s",
+                  flush=True)
             rows.append(row)
 
     one = rows[0]
