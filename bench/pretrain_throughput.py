@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatforge.train.model import ModelConfig, build_model, count_parameters  # noqa: E402
-from chatforge.train.packing import packed_blocks  # noqa: E402
+from chatforge.core.files import write_jsonl  # noqa: E402
+from chatforge.train.packing import pretraining_blocks, token_corpus  # noqa: E402
 from chatforge.train.pretrain import PretrainConfig, collate_blocks, training_arguments  # noqa: E402
 from chatforge.train.tokenizer import TokenizerConfig, train_tokenizer  # noqa: E402
 
@@ -142,7 +143,12 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = packed_blocks(synthetic_texts(120_000, seed=1), tokenizer, BLOCK, Path(tmp) / "cache", "bench")
+        tokenizer.save_pretrained(Path(tmp) / "tokenizer")
+        docs = [{"id": str(i), "text": t, "split": "train" if i % 10 else "validation"}
+                for i, t in enumerate(synthetic_texts(120_000, seed=1))]
+        write_jsonl(Path(tmp) / "documents.jsonl", docs)
+        corpus = token_corpus(Path(tmp) / "documents.jsonl", Path(tmp) / "tokenizer", Path(tmp) / "cache")
+        data = pretraining_blocks(corpus, BLOCK)["train"]
         cfg = pretrain_config(Path(tmp) / "ckpt", args.steps + args.warmup)
         variants = [("eager", False)] + ([("compile", True)] if args.compile else [])
         for size, mcfg in SIZES.items():

@@ -1,7 +1,8 @@
 """Train the byte-level BPE tokenizer (with the chat special tokens and template) on the clean documents.
 
-Reads train_tokenizer.input (data/clean/documents.jsonl: the "train" split trains, the "validation"
-split measures), writes train_tokenizer.output (models/tokenizer/, a Hugging Face tokenizer directory)
+Reads train_tokenizer.input (data/clean/documents.jsonl, or a directory of shards: a seeded sample of the
+"train" split within train_tokenizer.max_chars trains, a bounded sample of the "validation" split
+measures; both streamed, so memory is the budget, not the corpus), writes train_tokenizer.output (models/tokenizer/, a Hugging Face tokenizer directory)
 and train_tokenizer.report (reports/train_tokenizer.json: bytes per token on held-out English and
 Chinese text). Params: train_tokenizer.
 Run: dvc repro train_tokenizer   or   python -m stages.train_tokenizer --set train_tokenizer.vocab_size=8192
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from chatforge.core.config import load_config
 from chatforge.core.files import atomic_dir
 from chatforge.core.tracking import setup_logging, stage_run
-from chatforge.data.records import documents_by_split
+from chatforge.data.sampling import sample_texts
 from chatforge.train.tokenizer import TokenizerConfig, held_out_compression, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Params:
     train_tokenizer: TokenizerConfig
+    seed: int = 0                               # which documents the sample keeps when the budget is short
+
+
+HELD_OUT_CHARS = 5_000_000      # bytes per token is stable to ~0.1% long before this much held-out text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(Params, argv, description=__doc__)
     tc = cfg.train_tokenizer
     with stage_run("train_tokenizer", cfg) as run:
-        texts = documents_by_split(tc.input)
-        train, held_out = texts["train"], texts["validation"]
+        train = sample_texts(tc.input, "train", tc.max_chars, cfg.seed)
+        held_out = sample_texts(tc.input, "validation", min(tc.max_chars, HELD_OUT_CHARS), cfg.seed)
         log.info("train_tokenizer: %d training documents (%d chars), %d held out", len(train),
                  sum(map(len, train)), len(held_out))
         tokenizer = train_tokenizer(train, tc)

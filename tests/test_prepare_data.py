@@ -170,10 +170,11 @@ def test_stage_writes_outputs_report_rejects_and_mlflow_run(tmp_path, monkeypatc
     from stages.prepare_data import main
 
     monkeypatch.chdir(tmp_path)
-    write_lines(tmp_path / "extra.jsonl", [{"text": "an extra document"}, b"{oops"])
+    (tmp_path / "inputs").mkdir()
+    write_lines(tmp_path / "inputs/extra.jsonl", [{"text": "an extra document"}, b"{oops"])
     (tmp_path / "params.yaml").write_text(
         "seed: 7\nprepare_data:\n  sources:\n    - {kind: chitchat, limit: 200}\n"
-        "    - {kind: path, path: extra.jsonl}\n")
+        "    - {kind: path, path: inputs/extra.jsonl}\n")
     main([])
     for kind in ("documents", "conversations", "preferences", "prompts"):
         assert read_jsonl(tmp_path / "data/raw" / f"{kind}.jsonl")
@@ -181,7 +182,71 @@ def test_stage_writes_outputs_report_rejects_and_mlflow_run(tmp_path, monkeypatc
     rejects = read_jsonl(tmp_path / "data/rejected/prepare_data.jsonl")
     assert report["records_in"] == 202 == report["records_accepted"] + report["records_rejected"]
     assert len(rejects) == report["records_rejected"] + report["derived_rejected"]
-    assert {"source": "extra.jsonl", "line": 2} == {k: rejects[-1][k] for k in ("source", "line")}
+    assert {"source": "inputs/extra.jsonl", "line": 2} == {k: rejects[-1][k] for k in ("source", "line")}
     run = mlflow.search_runs(experiment_names=["chatforge"], output_format="list")[0]
     assert run.info.run_name == "prepare_data" and run.data.tags["stage"] == "prepare_data"
     assert run.data.metrics["records_in"] == 202 and run.data.params["prepare_data.validation_fraction"] == "0.1"
+
+
+def test_stage_refuses_a_path_source_dvc_cannot_see(tmp_path, monkeypatch):
+    from stages.prepare_data import main
+
+    monkeypatch.chdir(tmp_path)
+    write_lines(tmp_path / "elsewhere.jsonl", [{"text": "a document"}])
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs/linked").symlink_to(tmp_path)           # DVC does not follow links: still outside
+    (tmp_path / "params.yaml").write_text(
+        "seed: 7\nprepare_data:\n  sources:\n    - {kind: path, path: elsewhere.jsonl}\n"
+        "    - {kind: path, path: inputs/linked/../elsewhere.jsonl}\n")
+    with pytest.raises(InputError, match=r"outside prepare_data.inputs_dir 'inputs'"):
+        main([])
+    assert not (tmp_path / "data").exists()
+
+
+def test_editing_a_path_source_file_makes_dvc_rerun_prepare_data(tmp_path, mlflow_uri, monkeypatch):
+    """A real DVC repo (a copy of this one): after a repro, editing a file a path source reads makes
+    `dvc status` report prepare_data changed, and nothing else in the file list does."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_pipeline_e2e import copy_repo
+
+    root = copy_repo(tmp_path / "repo")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prepare_data"]["sources"] = [{"kind": "chitchat", "limit": 60}, {"kind": "path", "path": "inputs/web"}]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "inputs/web").mkdir()
+    write_lines(root / "inputs/web/pages.jsonl", [{"text": f"page {i} about gardens"} for i in range(3)])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)                      # the copy's own code, not this checkout's
+    dvc = lambda *a: subprocess.run([sys.executable, "-m", "dvc", *a], cwd=root, env=env, capture_output=True,
+                                    text=True, check=True).stdout
+    assert (root / ".dvc").is_dir()                  # the copy is a DVC repo like this one
+    dvc("repro", "prepare_data")
+    assert "prepare_data" not in dvc("status", "prepare_data")
+    write_lines(root / "inputs/web/pages.jsonl", [{"text": f"page {i} about roses"} for i in range(3)])
+    status = dvc("status", "prepare_data")
+    assert "prepare_data" in status and "inputs" in status and "modified" in status
+
+
+def test_hugging_face_source_streams_a_named_subset_and_split_up_to_its_limit(tmp_path):
+    """A local dataset laid out like FineWeb-Edu on the hub: named configs (subsets) declared in the
+    dataset card, each with its own files; the source picks one subset and split, and `limit` stops."""
+    folder = tmp_path / "hfdata"
+    for subset in ("sample-a", "sample-b"):
+        (folder / subset).mkdir(parents=True)
+        write_lines(folder / subset / "train-00000.jsonl",
+                    [{"text": f"{subset} document {i}", "id": f"{subset}-{i}"} for i in range(2000)])
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n" + "".join(f"- config_name: {s}\n  data_files:\n  - split: train\n    path: {s}/*.jsonl\n"
+                                    for s in ("sample-a", "sample-b")) + "---\n")
+    src = SourceConfig(kind="hf", path=str(folder), hf_config="sample-b", hf_split="train", limit=7,
+                       data_kind="documents")
+    result = ingest(config(src), seed=0)
+    docs = result.records["documents"]
+    assert result.counts()["records_in"] == 7 and [d["id"] for d in docs] == [f"sample-b-{i}" for i in range(7)]
+    with pytest.raises(InputError, match=r"\(config 'sample-c'\): could not load split 'train'"):
+        ingest(config(SourceConfig(kind="hf", path=str(folder), hf_config="sample-c")), seed=0)

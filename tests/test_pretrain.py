@@ -1,4 +1,5 @@
-"""Pretraining: packing, bits per byte, checkpoints, a tiny run, SIGKILL + resume, and 2-process DDP.
+"""Pretraining: packing, token shards, bits per byte, checkpoints, a tiny run, SIGKILL + resume, and 2-process
+DDP, the runs reading memory-mapped token shards made by the tokenize step (2 tasks: 2 shards per split).
 
 Every run here is a 2-layer, 32-wide Llama on a few kB of text with 32-token blocks: seconds each.
 """
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from chatforge.train.checkpoints import MARKER, last_complete_checkpoint, prepare_checkpoint_dir
-from chatforge.train.packing import pack_ids, packed_blocks
+from chatforge.data.cleaning.executor import ExecutorConfig
+from chatforge.data.tokenize import TokenizeConfig, tokenize_corpus
+from chatforge.train.packing import pack_ids, pretraining_blocks, token_corpus
 from chatforge.train.perplexity import token_byte_lengths, unigram_counts, unigram_score
 from chatforge.train.pretrain import PretrainConfig, pretrain
 
@@ -42,12 +45,20 @@ def write_documents(path: Path, n_train: int = 60, n_val: int = 12, seed: int = 
     return path
 
 
+def tokenize(docs: Path, tok_dir: Path, out: Path, tasks: int = 2) -> Path:
+    """The tokenize step on ``tasks`` tasks run one after another in this process (workers=1)."""
+    tokenize_corpus(TokenizeConfig(input=docs, tokenizer=tok_dir, output=out, batch_size=16),
+                    ExecutorConfig(tasks=tasks, workers=1, work_dir=out.parent / f"{out.name}-work"))
+    return out
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_tokenizer):
-    """A saved tokenizer directory and a documents file with both splits."""
+    """A saved tokenizer directory and the token shards of a documents file with both splits."""
     root = tmp_path_factory.mktemp("corpus")
     tiny_tokenizer.save_pretrained(root / "tokenizer")
-    return root / "tokenizer", write_documents(root / "documents.jsonl")
+    docs = write_documents(root / "documents.jsonl")
+    return root / "tokenizer", tokenize(docs, root / "tokenizer", root / "tokens")
 
 
 def tiny_config(root: Path, corpus, **overrides) -> PretrainConfig:
@@ -73,14 +84,53 @@ def test_pack_ids_separates_documents_and_cuts_exact_blocks():
     assert blocks == [[0, 5, 6, 7], [0, 8, 0, 9]]           # the tail [10, 11, 12] is dropped
 
 
-def test_packed_blocks_are_cached(tmp_path, tiny_tokenizer):
-    texts = SENTENCES * 5
-    first = packed_blocks(texts, tiny_tokenizer, 16, tmp_path, "k1")
-    cached = sorted(p.name for p in tmp_path.glob("*.arrow"))
-    assert cached == ["blocks-k1.arrow", "tokens-k1.arrow"]
-    again = packed_blocks(texts, tiny_tokenizer, 16, tmp_path, "k1")
-    assert again["input_ids"] == first["input_ids"] and all(len(b) == 16 for b in first["input_ids"])
-    assert sorted(p.name for p in tmp_path.glob("*.arrow")) == cached
+def test_token_shards_hold_the_packed_stream_whatever_the_task_count(tmp_path, corpus, tiny_tokenizer):
+    tok_dir, _ = corpus
+    docs = write_documents(tmp_path / "documents.jsonl", n_train=40, n_val=8, seed=3)
+    one, three = tokenize(docs, tok_dir, tmp_path / "one", tasks=1), tokenize(docs, tok_dir, tmp_path / "three", tasks=3)
+    index = json.loads((three / "index.json").read_text())
+    assert index["dtype"] == "uint16" and len(index["splits"]["train"]["shards"]) == 3
+    assert index["splits"]["train"]["documents"] == 40 and index["splits"]["validation"]["documents"] == 8
+    stream = lambda root: np.concatenate([np.fromfile(p, np.uint16) for p in sorted((root / "train").glob("*.bin"))])
+    assert np.array_equal(stream(one), stream(three))                 # same stream, only cut differently
+    texts = [json.loads(line)["text"] for line in docs.read_text().splitlines()][:40]
+    ids = tiny_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    blocks = pretraining_blocks(one, 16)["train"]
+    assert blocks.blocks(len(blocks)).tolist() == pack_ids(ids, 16, tiny_tokenizer.bos_token_id)
+    starts = np.load(one / "train" / "00000.docs.npy")
+    assert len(starts) == 40 and (stream(one)[starts] == tiny_tokenizer.bos_token_id).all()
+
+
+def test_a_documents_input_is_tokenised_once_into_the_cache(tmp_path, corpus):
+    tok_dir, shards = corpus
+    docs = shards.parent / "documents.jsonl"
+    made = token_corpus(docs, tok_dir, tmp_path / "cache")
+    assert made.parent == tmp_path / "cache" and token_corpus(docs, tok_dir, tmp_path / "cache") == made
+    a, b = pretraining_blocks(made, 32)["validation"], pretraining_blocks(shards, 32)["validation"]
+    assert np.array_equal(np.concatenate(list(a.token_chunks())), np.concatenate(list(b.token_chunks())))
+
+
+def test_shards_of_another_tokenizer_or_cut_short_are_refused(tmp_path, corpus, tiny_tokenizer):
+    import shutil
+
+    from chatforge.core.files import InputError
+    from chatforge.data.shards import TokenBlocks, TokenShardWriter, token_dtype, write_index
+
+    tok_dir, shards = corpus
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(tok_dir, other)
+    (other / "tokenizer_config.json").write_text((other / "tokenizer_config.json").read_text().replace("}", ' }', 1))
+    with pytest.raises(InputError, match="made with another tokenizer"):
+        token_corpus(shards, other, tmp_path / "cache")
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+    writer = TokenShardWriter(tmp_path / "big" / "train", "00000", token_dtype(100_000), 99_999)
+    writer.write([[70_000, 1], [65_536]])
+    write_index(tmp_path / "big", {"train": [writer.close()]}, dtype="uint32", vocab_size=100_000)
+    assert TokenBlocks(tmp_path / "big", "train", 5).block(0).tolist() == [99_999, 70_000, 1, 99_999, 65_536]
+    with open(tmp_path / "big" / "train" / "00000.bin", "r+b") as fh:
+        fh.truncate(8)
+    with pytest.raises(InputError, match="00000.bin: 8 bytes, the index says 5 uint32 tokens"):
+        TokenBlocks(tmp_path / "big", "train", 5)
 
 
 def test_token_bytes_add_up_to_utf8_bytes(tiny_tokenizer):

@@ -7,7 +7,14 @@ Sources (``prepare_data.sources`` in params.yaml):
   installed ``dataset.json``; nothing is downloaded.
 - ``path``: files or folders of ``.jsonl``/``.jsonl.gz`` (records of any kind, see chatforge.data.records), ``.txt``
   (one document per file) and ``.html``/``.htm`` (one raw page per file; clean_data extracts text).
-- ``hf``: a Hugging Face dataset by hub name or local path, through ``datasets.load_dataset``.
+- ``hf``: a Hugging Face dataset by hub name or local path, streamed through ``datasets.load_dataset(...,
+  streaming=True)``: rows arrive as they download, so ``limit`` stops the download; a source names its
+  subset (``hf_config``, e.g. FineWeb-Edu's ``sample-10BT``), ``hf_split`` and ``hf_revision`` (a commit or
+  tag: DVC cannot see the hub, so a pinned revision in params is what makes a new one re-run the stage).
+
+DVC re-runs prepare_data when a file it reads changes only if that file is one of the stage's deps, and a
+dvc.yaml deps list cannot be built from the sources list; so every ``path`` source must lie inside
+``inputs_dir`` (``inputs/``), the one folder dvc.yaml lists (``untracked_path_sources`` says which do not).
 
 Conversations from ``chitchat`` (and from any source with ``derive: true``) are dealt out to the
 four uses by a seeded hash of their id, so the uses are disjoint by conversation and the result
@@ -17,8 +24,10 @@ is the same on every machine. Every record also gets its split from a seeded has
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +56,7 @@ class SourceConfig:
     derive: bool = field_help(False, "deal conversations out to all four uses (always on for chitchat)")
     hf_config: str = field_help("", "hf: dataset configuration name")
     hf_split: str = field_help("train", "hf: which split to load")
+    hf_revision: str = field_help("", "hf: commit sha, tag or branch to read (pin it: DVC cannot see the hub)")
     text_field: str = field_help("text", "field holding a document's text (jsonl, hf)")
     limit: int = field_help(0, "read at most this many records from the source (0 = all)")
 
@@ -73,6 +83,8 @@ class UseFractions:
 @dataclass(frozen=True)
 class PrepareDataConfig:
     sources: list[SourceConfig] = field_help(help="inputs, read in order")
+    inputs_dir: Path = field_help(Path("inputs"), "the folder every 'path' source lies in: the DVC dependency "
+                                                  "that re-runs the stage when an input file changes")
     output_dir: Path = field_help(Path("data/raw"), "where the four JSONL files go")
     rejects: Path = field_help(Path("data/rejected/prepare_data.jsonl"), "every rejected record with its reason")
     report: Path = field_help(Path("reports/prepare_data.json"), "counts per source, output and split")
@@ -88,6 +100,17 @@ class PrepareDataConfig:
             raise ValueError("'validation_fraction' must be in [0, 1)")
         if self.pairs_per_conversation < 1 or self.prompts_per_conversation < 1:
             raise ValueError("'pairs_per_conversation' and 'prompts_per_conversation' must be >= 1")
+
+
+def untracked_path_sources(cfg: PrepareDataConfig) -> list[str]:
+    """The ``path`` sources outside ``cfg.inputs_dir``: DVC would not re-run the stage when they change.
+
+    Compared without following symlinks, because DVC does not follow them either (a symlinked folder
+    inside ``inputs_dir`` hashes as nothing).
+    """
+    root = Path(os.path.abspath(cfg.inputs_dir))
+    return [src.path for src in cfg.sources
+            if src.kind == "path" and not Path(os.path.abspath(src.path)).is_relative_to(root)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,14 +206,21 @@ def read_path(path: Path) -> Iterator[tuple[Path, Item]]:
 
 
 def read_hf(src: SourceConfig) -> Iterator[Item]:
-    """Rows of a Hugging Face dataset (hub name or local path); needs the network for hub names."""
+    """Rows of a Hugging Face dataset (hub name or local path), streamed: nothing is downloaded or held
+    beyond the rows read so far, so a ``limit`` stops the download. Needs the network for hub names."""
     import datasets
 
+    where = f"hf source '{src.path}'" + (f" (config '{src.hf_config}')" if src.hf_config else "")
     try:
-        ds = datasets.load_dataset(src.path, src.hf_config or None, split=src.hf_split)
+        ds = datasets.load_dataset(src.path, src.hf_config or None, split=src.hf_split, streaming=True,
+                                   revision=src.hf_revision or None)
+        rows = iter(ds)
+        first = next(rows, None)
     except Exception as err:   # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
-        raise InputError(f"hf source '{src.path}': could not load split '{src.hf_split}': {err}") from err
-    for n, row in enumerate(ds, start=1):
+        raise InputError(f"{where}: could not load split '{src.hf_split}': {err}") from err
+    if first is None:
+        return
+    for n, row in enumerate(itertools.chain([first], rows), start=1):
         yield n, dict(row)
 
 
@@ -234,16 +264,31 @@ def fill_rejected(pairs: list[dict[str, Any]], pool: list[str], rng: random.Rand
 
     ``pool`` holds candidate replies as "conversation id\x00reply". Returns the pairs that could
     not be filled (no reply from another conversation exists), for the rejects file.
+
+    The draw is uniform over the pool less the pair's own conversation and its own reply text, the
+    same draw as ``rng.choice`` of that filtered list, but found by skipping the excluded positions
+    (indexed once) instead of filtering the pool per pair, which was quadratic in the number of pairs.
     """
+    by_conv: dict[str, list[int]] = {}
+    by_text: dict[str, list[int]] = {}
+    for i, c in enumerate(pool):
+        conv, reply = c.split("\x00", 1)
+        by_conv.setdefault(conv, []).append(i)
+        by_text.setdefault(reply.strip(), []).append(i)
     unfilled = []
     for pair in pairs:
-        conv = pair["id"].split("#")[0]
-        chosen = pair["chosen"].strip()
-        candidates = [c for c in pool if not c.startswith(conv + "\x00") and c.split("\x00", 1)[1].strip() != chosen]
-        if candidates:
-            pair["rejected"] = rng.choice(candidates).split("\x00", 1)[1]
-        else:
+        excluded = sorted(set(by_conv.get(pair["id"].split("#")[0], ())) | set(by_text.get(pair["chosen"].strip(), ())))
+        n = len(pool) - len(excluded)
+        if n <= 0:
             unfilled.append(pair)
+            continue
+        k = rng.randrange(n)            # == rng.choice(filtered)'s index draw (random.Random._randbelow)
+        for e in excluded:              # the k-th position not excluded
+            if e <= k:
+                k += 1
+            else:
+                break
+        pair["rejected"] = pool[k].split("\x00", 1)[1]
     return unfilled
 
 

@@ -1,14 +1,15 @@
-"""Pretraining data: documents -> token ids -> fixed-length blocks, through cached ``datasets.map``.
+"""Pretraining data: token shards (chatforge.data.shards) read as fixed-length blocks from memory maps.
 
-Each document becomes ``<|endoftext|> + tokens`` (the separator opens every document, as in GPT-2
-and nanochat, so the model learns where a document starts), the stream is concatenated and cut
-into blocks of ``block_size`` tokens; a block may span several documents (standard GPT packing,
-no padding, every position is trained). The few tokens left over at the end of each map batch
-(< block_size per 1,000 documents) are dropped.
+The ``tokenize`` stage writes the shards once, on datatrove's executors; pretraining only maps them,
+so no rank tokenises, none waits for another, and memory does not grow with the corpus. Each document
+is ``<separator> + tokens`` (the separator opens every document, as in GPT-2 and nanochat, so the model
+learns where a document starts); a shard is one token stream cut into blocks of ``block_size`` tokens,
+so a block may span several documents (standard GPT packing, no padding, every position is trained).
+The tokens after a shard's last full block (< block_size per shard) are left out.
 
-Both maps write Arrow cache files whose names carry a key of everything the result depends on
-(the input file's bytes, the tokenizer's files, the block size), so a second run (or a resumed
-one) loads the blocks instead of tokenizing again, and a changed input never hits a stale cache.
+``pretrain.input`` may also be a documents JSONL (a file or a shard directory), as before the tokenize
+stage existed: it is then tokenised once in this process into ``cache_dir``, keyed by the input's and the
+tokenizer's bytes (rank 0 does it while the others wait; the pipeline uses the tokenize stage instead).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from chatforge.core.files import InputError
 from chatforge.core.hashing import tree_digest
-from chatforge.data.records import documents_by_split
+from chatforge.data.records import SPLITS
+from chatforge.data.shards import INDEX, TokenBlocks, is_token_corpus, read_index
 
 log = logging.getLogger(__name__)
 
-MAP_BATCH = 1000          # documents per map batch
-CACHE_VERSION = "1"       # bump when the packing below changes meaning
+CACHE_VERSION = "2"       # bump when the packing below changes meaning
 
 
 def file_digest(paths: Iterable[Path], *extra: Any) -> str:
@@ -33,48 +35,48 @@ def file_digest(paths: Iterable[Path], *extra: Any) -> str:
 
 
 def pack_ids(docs: list[list[int]], block_size: int, bos_id: int) -> list[list[int]]:
-    """``[[ids of doc], ...]`` -> blocks of exactly ``block_size`` ids, each doc preceded by ``bos_id``."""
+    """``[[ids of doc], ...]`` -> blocks of exactly ``block_size`` ids, each doc preceded by ``bos_id``
+    (what ``TokenBlocks`` reads from one shard, for lists in memory)."""
     stream = [tok for ids in docs for tok in (bos_id, *ids)]
     usable = len(stream) - len(stream) % block_size
     return [stream[i:i + block_size] for i in range(0, usable, block_size)]
 
 
-def packed_blocks(texts: list[str], tokenizer, block_size: int, cache_dir: Path, key: str, *,
-                  num_proc: int | None = None):
-    """A ``datasets.Dataset`` with one column ``input_ids`` of ``block_size``-token blocks (cached).
-
-    ``key`` names the cache files and stands in for datasets' own fingerprint (which would hash
-    the tokenizer object on every call): the caller makes it from the input and tokenizer bytes.
-    """
-    from datasets import Dataset
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    docs = Dataset.from_dict({"text": texts})
-    tokens = docs.map(
-        lambda batch: {"ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]},
-        batched=True, batch_size=MAP_BATCH, remove_columns=["text"], num_proc=num_proc,
-        cache_file_name=str(cache_dir / f"tokens-{key}.arrow"), new_fingerprint=f"tokens-{key}", desc="tokenize",
-    )
-    return tokens.map(
-        lambda batch: {"input_ids": pack_ids(batch["ids"], block_size, tokenizer.bos_token_id)},
-        batched=True, batch_size=MAP_BATCH, remove_columns=["ids"], num_proc=num_proc,
-        cache_file_name=str(cache_dir / f"blocks-{key}.arrow"), new_fingerprint=f"blocks-{key}", desc="pack",
-    )
+def data_digest(input_path: Path) -> str:
+    """What the data of a run is, for checkpoint fingerprints: a token corpus's index (which carries
+    its input's and tokenizer's digests, so the shards are not re-read), else the documents' bytes."""
+    return file_digest([input_path / INDEX]) if is_token_corpus(input_path) else file_digest([input_path])
 
 
-def pretraining_datasets(input_path: Path, tokenizer, tokenizer_dir: Path, block_size: int, cache_dir: Path,
-                         *, num_proc: int | None = None) -> dict[str, Any]:
-    """``{"train": Dataset, "validation": Dataset}`` of packed blocks for the documents in ``input_path``."""
-    splits = documents_by_split(input_path)
+def token_corpus(input_path: Path, tokenizer_dir: Path, cache_dir: Path) -> Path:
+    """The token corpus for ``input_path``: itself when it is one (checked against the tokenizer), else
+    the cached tokenisation of the documents there (made now when missing)."""
+    if is_token_corpus(input_path):
+        made_with = read_index(input_path).get("tokenizer_digest")
+        if made_with != tree_digest([tokenizer_dir]):
+            raise InputError(f"{input_path / INDEX}: the shards were made with another tokenizer than "
+                             f"{tokenizer_dir}; re-run tokenize (dvc repro tokenize)")
+        return input_path
+    from chatforge.data.cleaning.executor import ExecutorConfig
+    from chatforge.data.tokenize import TokenizeConfig, tokenize_corpus
+
+    corpus = cache_dir / f"tokens-{file_digest([input_path, tokenizer_dir])}"
+    if not is_token_corpus(corpus):
+        log.info("pretrain data: tokenising %s into %s (the tokenize stage does this ahead of time)", input_path,
+                 corpus)
+        cfg = TokenizeConfig(input=input_path, tokenizer=tokenizer_dir, output=corpus)
+        tokenize_corpus(cfg, ExecutorConfig(tasks=1, workers=1, work_dir=cache_dir / "tokenize-work"))
+    return corpus
+
+
+def pretraining_blocks(corpus: Path, block_size: int) -> dict[str, TokenBlocks]:
+    """``{"train": TokenBlocks, "validation": TokenBlocks}`` of a token corpus."""
     out = {}
-    for split, texts in splits.items():
-        if not texts:
-            raise ValueError(f"{input_path}: no '{split}' documents (pretraining needs both splits)")
-        key = f"{split}-{file_digest([input_path, tokenizer_dir], block_size)}"
-        out[split] = packed_blocks(texts, tokenizer, block_size, cache_dir, key, num_proc=num_proc)
+    for split in SPLITS:
+        out[split] = TokenBlocks(corpus, split, block_size)
         if len(out[split]) == 0:
-            raise ValueError(f"{input_path}: the '{split}' documents give no full block of {block_size} tokens; "
-                             "lower pretrain.block_size or add documents")
-        log.info("pretrain data: %s: %d documents -> %d blocks of %d tokens", split, len(texts),
-                 len(out[split]), block_size)
+            raise InputError(f"{corpus}: the '{split}' split gives no full block of {block_size} tokens in any "
+                             "shard; lower pretrain.block_size, add documents or use fewer tokenize tasks")
+        log.info("pretrain data: %s: %d blocks of %d tokens from %d shard(s), memory-mapped", split,
+                 len(out[split]), block_size, len(out[split].shards))
     return out

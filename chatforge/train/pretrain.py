@@ -27,7 +27,7 @@ from chatforge.core.files import atomic_dir, atomic_open
 from chatforge.core.launcher import Launcher, world
 from chatforge.train.checkpoints import completion_callback, last_complete_checkpoint, prepare_checkpoint_dir
 from chatforge.train.model import ModelConfig, build_model, count_parameters
-from chatforge.train.packing import file_digest, pretraining_datasets
+from chatforge.train.packing import data_digest, file_digest, pretraining_blocks, token_corpus
 from chatforge.train.perplexity import HeldOutScore, score_model, token_byte_lengths, unigram_counts, unigram_score
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ NOT_IN_FINGERPRINT = {"output", "report", "loss_curve", "val_curve", "cache_dir"
 class PretrainConfig:
     """The ``pretrain:`` params section."""
 
-    input: Path = field_help(Path("data/clean/documents.jsonl"), "documents with a train/validation split")
+    input: Path = field_help(Path("data/tokens"), "the tokenize stage's token shards (or, tokenised here into "
+                                                  "cache_dir: documents JSONL with a train/validation split)")
     tokenizer: Path = field_help(Path("models/tokenizer"), "the trained tokenizer directory")
     output: Path = field_help(Path("models/base"), "the trained model, saved with its tokenizer")
     checkpoint_dir: Path = field_help(Path("checkpoints/pretrain"), "resumable checkpoints (a DVC persist out)")
-    cache_dir: Path = field_help(Path("data/cache/pretrain"), "datasets.map cache of the tokenised blocks")
+    cache_dir: Path = field_help(Path("data/cache/pretrain"), "token shards of a documents input (not used "
+                                                              "when input is already token shards)")
     report: Path = field_help(Path("reports/pretrain.json"), "val loss/bpb, unigram bpb, tokens, throughput")
     loss_curve: Path = field_help(Path("reports/pretrain_loss.csv"), "training loss by step (a DVC plot)")
     val_curve: Path = field_help(Path("reports/pretrain_val.csv"), "validation loss by step (a DVC plot)")
@@ -112,9 +114,10 @@ class PretrainResult:
 
 def collate_blocks(features: list[dict[str, Any]]) -> dict[str, Any]:
     """Packed blocks -> a batch; the labels are the inputs (the model shifts them by one)."""
+    import numpy as np
     import torch
 
-    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)      # (B, T)
+    ids = torch.from_numpy(np.stack([np.asarray(f["input_ids"], dtype=np.int64) for f in features]))   # (B, T)
     return {"input_ids": ids, "labels": ids}
 
 
@@ -188,7 +191,7 @@ def run_fingerprint(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int) -> d
     """What a checkpoint was trained with: training params, architecture, seed, data and tokenizer."""
     train = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     return {"seed": seed, "model": to_dict(model_cfg), "pretrain": train,
-            "data_digest": file_digest([cfg.input]), "tokenizer_digest": file_digest([cfg.tokenizer])}
+            "data_digest": data_digest(cfg.input), "tokenizer_digest": file_digest([cfg.tokenizer])}
 
 
 def write_curves(log_history: list[dict[str, Any]], loss_csv: Path, val_csv: Path) -> None:
@@ -235,6 +238,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     """
     import numpy as np
     import torch
+    from torch.utils.data import Subset
     from transformers import Trainer
 
     from chatforge.train.tokenizer import load_tokenizer
@@ -260,10 +264,13 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
 
     # -- data ---------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer)
-    with args.main_process_first(desc="tokenize and pack"):       # rank 0 fills the cache, the others read it
-        data = pretraining_datasets(cfg.input, tokenizer, cfg.tokenizer, cfg.block_size, cfg.cache_dir)
+    # token shards are memory-mapped: every rank opens them itself, and its sampler's indices are the only
+    # blocks it reads. Only a documents input is tokenised here (rank 0 first, the others then find the cache).
+    with args.main_process_first(desc="tokenize documents"):
+        corpus = token_corpus(cfg.input, cfg.tokenizer, cfg.cache_dir)
+    data = pretraining_blocks(corpus, cfg.block_size)
     val = data["validation"]
-    periodic_val = val.select(range(min(cfg.eval_blocks, len(val)))) if cfg.eval_steps > 0 else None
+    periodic_val = Subset(val, range(min(cfg.eval_blocks, len(val)))) if cfg.eval_steps > 0 else None
 
     # -- model and trainer --------------------------------------------------------------------
     model = build_model(model_cfg, tokenizer, seed)
@@ -283,7 +290,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     token_bytes = token_byte_lengths(tokenizer)
     n_val = min(len(val), cfg.max_eval_blocks or len(val))
     n_val -= n_val % world_size
-    val_blocks = np.asarray(val.with_format("numpy")[:n_val]["input_ids"])            # (N, T)
+    val_blocks = val.blocks(n_val)                                                  # (N, T)
     score = score_model(trainer.model_wrapped, val_blocks, token_bytes, cfg.batch_size, args.device,
                         trainer.accelerator.autocast())
 
@@ -299,8 +306,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     write_curves(trainer.state.log_history, cfg.loss_curve, cfg.val_curve)
 
     # -- baseline, samples, report ---------------------------------------------------------------
-    counts = unigram_counts((b["input_ids"] for b in data["train"].with_format("numpy").iter(batch_size=4096)),
-                            len(tokenizer))
+    counts = unigram_counts(data["train"].token_chunks(), len(tokenizer))
     unigram = unigram_score(counts, val_blocks, token_bytes)
     samples = generate_samples(cfg.output, cfg.sample_prompts, cfg.sample_tokens, seed)
     report = build_report(trainer.state, train_out.metrics, score, unigram, tokens_per_step, timer, n_params,

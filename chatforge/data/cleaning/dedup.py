@@ -36,12 +36,12 @@ from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
 
 from chatforge.core.config import field_help
 from chatforge.data.cleaning.documents import STATE
+from chatforge.data.cleaning.executor import MAX_SHARDS     # datatrove's exact-dedup priorities: uint16 in [1, 65535]
 from chatforge.data.cleaning.text import detect_language
 
 _PUNCT = re.compile(r"[^\w\s]|_", re.UNICODE)
 _DIGIT = re.compile(r"\d")
 _SPACE = re.compile(r"\s+")
-MAX_SHARDS = 65534          # datatrove's exact-dedup priorities are uint16 in [1, 65535]
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,12 @@ from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, Slurm
 from datatrove.executor.base import PipelineExecutor
 
 from chatforge.core.config import field_help
-from chatforge.data.cleaning.dedup import MAX_SHARDS
 
 log = logging.getLogger(__name__)
+
+# The most tasks a pipeline may have: clean_data's exact dedup keeps the copy of the lowest task by giving
+# each task a priority, and datatrove's exact-dedup priorities are uint16 in [1, 65535] (dedup.py).
+MAX_SHARDS = 65534
 
 # Imported once by the forkserver that datatrove's local workers are forked from. Without them every worker
 # of every pipeline imports datatrove, spaCy and trafilatura itself: ~7 s per pipeline on 2 busy cores,
@@ -117,14 +120,15 @@ def build_chain(pipelines: list[tuple[str, list, int]], cfg: ExecutorConfig, log
     return chain
 
 
-def run_chain(chain: list[PipelineExecutor], cfg: ExecutorConfig) -> None:
-    """Run every executor of ``chain`` (through the last one's dependencies); return when all are done."""
+def run_chain(chain: list[PipelineExecutor], cfg: ExecutorConfig, preload: list[str] | None = None) -> None:
+    """Run every executor of ``chain`` (through the last one's dependencies); return when all are done.
+    ``preload``: the modules the local forkserver imports once (default: the cleaning pipeline's)."""
     last = chain[-1]
     if cfg.kind == "local":
         if cfg.start_method == "forkserver":
             import multiprocess
 
-            multiprocess.set_forkserver_preload(FORKSERVER_PRELOAD)
+            multiprocess.set_forkserver_preload(FORKSERVER_PRELOAD if preload is None else preload)
         last.run()
     elif cfg.kind == "ray":
         try:
