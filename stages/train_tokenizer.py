@@ -1,4 +1,5 @@
-"""Train the byte-level BPE tokenizer (with the chat special tokens and template) on the clean documents.
+"""Train the byte-level BPE tokenizer (with the chat special tokens and template) on the clean documents,
+or adopt the base model's tokenizer when train_tokenizer.base holds one (base_model.source set).
 
 Reads train_tokenizer.input (data/clean/documents.jsonl: the "train" split trains, the "validation"
 split measures), writes train_tokenizer.output (models/tokenizer/, a Hugging Face tokenizer directory)
@@ -16,7 +17,7 @@ from chatforge.core.config import load_config
 from chatforge.core.files import atomic_dir
 from chatforge.core.tracking import setup_logging, stage_run
 from chatforge.data.records import documents_by_split
-from chatforge.train.tokenizer import TokenizerConfig, held_out_compression, train_tokenizer
+from chatforge.train.tokenizer import TokenizerConfig, held_out_compression, tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         train, held_out = texts["train"], texts["validation"]
         log.info("train_tokenizer: %d training documents (%d chars), %d held out", len(train),
                  sum(map(len, train)), len(held_out))
-        tokenizer = train_tokenizer(train, tc)
+        tokenizer, adopted = tokenizer_for(train, tc)
+        if adopted:
+            log.info("train_tokenizer: adopted the base model's tokenizer (%s)", adopted)
         with atomic_dir(tc.output) as tmp:
             tokenizer.save_pretrained(tmp)
         compression = held_out_compression(tokenizer, held_out)
@@ -44,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                      m["source"], m["bytes"])
         run.report(tc.report, {
             "vocab_size": len(tokenizer),
-            "train_documents": len(train),
-            "train_chars": min(sum(map(len, train)), tc.max_chars),
+            "adopted_from": adopted,
+            "train_documents": 0 if adopted else len(train),
+            "train_chars": 0 if adopted else min(sum(map(len, train)), tc.max_chars),
             "bytes_per_token": {lang: m["bytes_per_token"] for lang, m in compression.items()},
             "held_out": compression,
         })

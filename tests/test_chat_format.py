@@ -5,8 +5,8 @@ plain-text one; message content is always tokenized as text."""
 import pytest
 
 from chatforge.train.chat_format import encode_chat, stop_token_ids
-from tests.chat_templates import LLAMA3_MARKED, SMOLLM2_MARKED, family_tokenizer
-from tests.conftest import TINY_TEXTS
+from chat_templates import LLAMA3_MARKED, SMOLLM2_MARKED, family_tokenizer
+from conftest import TINY_TEXTS
 
 CONVS = [
     [{"role": "user", "content": "How are you doing today?"},
