@@ -50,8 +50,8 @@ class PretrainConfig:
 
     input: Path = field_help(Path("data/clean/documents.jsonl"), "documents with a train/validation split")
     tokenizer: Path = field_help(Path("models/tokenizer"), "the trained tokenizer directory")
-    base: Path = field_help(Path("models/pretrained"), "the base_model output: when it holds a model, pretraining "
-                                                       "continues from it instead of starting from scratch")
+    base: Path | None = field_help(None, "the base_model output (params.yaml: models/pretrained): when it holds "
+                                         "a model, pretraining continues from it instead of starting from scratch")
     output: Path = field_help(Path("models/base"), "the trained model, saved with its tokenizer")
     checkpoint_dir: Path = field_help(Path("checkpoints/pretrain"), "resumable checkpoints (a DVC persist out)")
     cache_dir: Path = field_help(Path("data/cache/pretrain"), "datasets.map cache of the tokenised blocks")
@@ -196,7 +196,8 @@ def training_arguments(cfg: PretrainConfig, seed: int, world_size: int, report_t
 def run_fingerprint(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int) -> dict[str, Any]:
     """What a checkpoint was trained with: training params, architecture, seed, data and tokenizer."""
     train = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
-    return {"seed": seed, "model": to_dict(model_cfg), "pretrain": train, "base": read_lineage(cfg.base)["base"],
+    base = read_lineage(cfg.base)["base"] if cfg.base else None
+    return {"seed": seed, "model": to_dict(model_cfg), "pretrain": train, "base": base,
             "data_digest": file_digest([cfg.input]), "tokenizer_digest": file_digest([cfg.tokenizer])}
 
 
@@ -250,7 +251,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
 
     # -- config, seed, threads ---------------------------------------------------------------
     rank, world_size = world()
-    base = cfg.base if has_model(cfg.base) else None
+    base = cfg.base if cfg.base is not None and has_model(cfg.base) else None
     adopt_only = base is not None and cfg.max_tokens == 0
     if base is None and cfg.max_tokens <= 0:
         raise ValueError("pretrain.max_tokens must be > 0 when there is no base model to adopt (base_model.source)")

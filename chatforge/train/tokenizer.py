@@ -48,8 +48,8 @@ class TokenizerConfig:
     input: Path = field_help(Path("data/clean/documents.jsonl"), "documents (train split trains, validation measures)")
     output: Path = field_help(Path("models/tokenizer"), "the Hugging Face tokenizer directory written")
     report: Path = field_help(Path("reports/train_tokenizer.json"), "bytes per token and counts")
-    base: Path = field_help(Path("models/pretrained"), "the base_model output: when it holds a model, its "
-                                                       "tokenizer is adopted instead of training one")
+    base: Path | None = field_help(None, "the base_model output (params.yaml: models/pretrained): when it holds "
+                                         "a model, its tokenizer is adopted instead of training one")
     vocab_size: int = field_help(4096, "total vocabulary including the 256 byte symbols and special tokens")
     min_frequency: int = field_help(2, "a pair must occur this often to be merged")
     max_chars: int = field_help(20_000_000, "character budget: train on at most this many characters")
@@ -92,7 +92,7 @@ def tokenizer_for(texts: Iterable[str], cfg: TokenizerConfig):
     (its vocabulary is what the weights were trained on), else one trained on ``texts``."""
     from chatforge.train.base_model import has_model, read_lineage
 
-    if has_model(cfg.base):
+    if cfg.base is not None and has_model(cfg.base):
         return load_tokenizer(cfg.base), read_lineage(cfg.base)["base"]["source"]
     return train_tokenizer(texts, cfg), None
 
