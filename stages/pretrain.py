@@ -1,4 +1,5 @@
-"""Pretrain the Llama-style model from scratch on the clean documents (next-token prediction).
+"""Pretrain the Llama-style model from scratch on the clean documents (next-token prediction), or
+continue pretraining the base model that pretrain.base holds (base_model.source set).
 
 Reads pretrain.input (data/clean/documents.jsonl) and pretrain.tokenizer (models/tokenizer/); writes
 pretrain.output (models/base/: model + tokenizer + chatforge.yaml), resumable checkpoints in

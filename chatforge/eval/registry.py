@@ -123,6 +123,8 @@ def register_model(model_dir: Path, name: str, *, tags: dict[str, str], chat: bo
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from chatforge.train.base_model import describe_lineage, read_lineage
+
     # mlflow looks the model's name_or_path up on the Hub (card, licence file). A relative
     # "models/sft" is a valid repo id, so it retried over the network for ~30 s per model; an
     # absolute path is not, and fails at once. The card is ours, so nothing is fetched for it.
@@ -132,8 +134,14 @@ def register_model(model_dir: Path, name: str, *, tags: dict[str, str], chat: bo
         model, task = AutoModelForCausalLM.from_pretrained(path), "llm/v1/chat"
     else:
         model, task = AutoModelForSequenceClassification.from_pretrained(path), "text-classification"
-    card = ModelCard(f"---\nlicense: mit\nlibrary_name: transformers\ntags: [chatforge]\n---\n# {name}\n\n"
-                     f"Trained from scratch by the chatforge pipeline ({task}); see its report card.\n")
+    # What the model is: its base (a pretrained checkpoint or chatforge's own pretraining), then each
+    # stage with its data and, for LoRA, the adapter saved beside the merged weights. Our MIT licence is
+    # claimed only for weights trained from scratch; a base model's weights keep their own licence.
+    lineage = read_lineage(model_dir)
+    licence = "" if lineage.get("base") else "license: mit\n"
+    card = ModelCard(f"---\n{licence}library_name: transformers\ntags: [chatforge]\n---\n# {name}\n\n"
+                     f"{describe_lineage(lineage)}\n\nMade by the chatforge pipeline ({task}); "
+                     "see its report card.\n")
     info = mlflow.transformers.log_model(
         {"model": model, "tokenizer": tokenizer}, name=name.removeprefix("chatforge-"), task=task,
         pip_requirements=pip_requirements(), registered_model_name=name, model_card=card,

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from chatforge.core.config import field_help
-from chatforge.train.tokenizer import BOS, IM_START
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +373,11 @@ class ChatModel:
         self.step = step
         self.context_length = context_length
         self.name = name
-        # <|im_end|> ends a reply. A model that skips it and opens the next turn (<|im_start|>) or a
-        # new document (<|endoftext|>) has ended its reply too; it would go on to write the user's
-        # next message otherwise.
-        vocab = tokenizer.get_vocab()
-        self.eos_ids = {tokenizer.eos_token_id} | {vocab[t] for t in (IM_START, BOS) if t in vocab}
+        # The template's end-of-turn token ends a reply, and so do the tokens that open a new turn or
+        # document (see chat_format.stop_token_ids): ChatML's <|im_end|>, Llama-3's <|eot_id|>, ...
+        from chatforge.train.chat_format import stop_token_ids
+
+        self.eos_ids = stop_token_ids(tokenizer)
 
     def prompt_ids(self, messages: list[dict[str, str]], max_new_tokens: int) -> tuple[list[int], int]:
         """(ids, messages dropped): the conversation rendered with the chat template and the

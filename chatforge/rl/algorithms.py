@@ -31,6 +31,7 @@ from chatforge.core.config import field_help
 from chatforge.rl.evaluation import EvalSettings
 from chatforge.rl.ppo import PPOConfig
 from chatforge.train.chat_format import fit_prompt
+from chatforge.train.lora import LoraConfig, save_trained, trainer_kwargs
 from chatforge.train.trainer_args import training_args
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class RlhfConfig:
     logging_steps: int = field_help(1, "log reward/KL every N steps (1: every step)")
     evaluation: EvalSettings = field_help(EvalSettings(), "held-out comparison with the SFT model")
     ppo: PPOConfig = field_help(PPOConfig(), "settings of algorithm: ppo (the keys above apply to grpo/rloo/dpo)")
+    lora: LoraConfig = field_help(LoraConfig(), "LoRA adapter for grpo/rloo/dpo (the reference is the base with "
+                                                "the adapter switched off); not for ppo")
 
     def __post_init__(self) -> None:
         if self.algorithm in ("grpo", "rloo"):
@@ -77,6 +80,9 @@ class RlhfConfig:
             if self.num_generations < 2 or self.batch_size % self.num_generations:
                 raise ValueError(f"'batch_size' ({self.batch_size}) must be a multiple of 'num_generations' "
                                  f"({self.num_generations}, at least 2)")
+        if self.algorithm == "ppo" and self.lora.enabled:
+            raise ValueError("'lora' is not supported with algorithm ppo: chatforge's PPO (chatforge/rl/ppo.py) "
+                             "trains the policy and its value model in full; use dpo, grpo or rloo with LoRA")
         if self.max_completion_length >= self.max_length:
             raise ValueError("'max_completion_length' must be smaller than 'max_length'")
 
@@ -222,7 +228,8 @@ def train_grpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks:
 
     args = GRPOConfig(**common_args(cfg, seed, "grpo", cfg.lr), **online_args(cfg))
     return GRPOTrainer(model=str(data.sft), reward_funcs=RewardModelReward(data.reward, cfg, tokenizer.eos_token_id),
-                       args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks)
+                       args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks,
+                       **trainer_kwargs(cfg.lora, "CAUSAL_LM"))
 
 
 def train_rloo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: list):
@@ -230,7 +237,8 @@ def train_rloo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks:
 
     args = RLOOConfig(**common_args(cfg, seed, "rloo", cfg.lr), **online_args(cfg))
     return RLOOTrainer(model=str(data.sft), reward_funcs=RewardModelReward(data.reward, cfg, tokenizer.eos_token_id),
-                       args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks)
+                       args=args, train_dataset=prompt_dataset(data), processing_class=tokenizer, callbacks=callbacks,
+                       **trainer_kwargs(cfg.lora, "CAUSAL_LM"))
 
 
 def train_dpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: list):
@@ -249,7 +257,7 @@ def train_dpo(cfg: RlhfConfig, data: RlhfData, seed: int, tokenizer, callbacks: 
     args = DPOConfig(**common_args(cfg, seed, "dpo", cfg.dpo_lr), per_device_train_batch_size=cfg.batch_size,
                      beta=cfg.dpo_beta, max_length=cfg.max_length)
     return DPOTrainer(model=str(data.sft), args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer,
+                      processing_class=tokenizer, **trainer_kwargs(cfg.lora, "CAUSAL_LM"),
                       callbacks=[dpo_step_metrics(cfg.dpo_beta, reply_tokens / (2 * len(rows)) + 1), *callbacks])
 
 
@@ -283,6 +291,7 @@ def train_ppo_policy(cfg: RlhfConfig, data: RlhfData, output_dir: Path) -> dict[
 
 def train_policy(cfg: RlhfConfig, data: RlhfData, seed: int, output_dir: Path) -> dict[str, Any]:
     """Run ``cfg.algorithm``; save the policy with its tokenizer to ``output_dir``; return training facts."""
+    from chatforge.train.base_model import write_lineage
     from chatforge.train.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(data.sft)
@@ -290,12 +299,18 @@ def train_policy(cfg: RlhfConfig, data: RlhfData, seed: int, output_dir: Path) -
     if cfg.algorithm != "dpo" and not data.prompts:
         raise ValueError(f"{cfg.prompts}: no training prompts fit max_length {cfg.max_length}")
     if cfg.algorithm == "ppo":
-        return train_ppo_policy(cfg, data, output_dir)
+        summary = train_ppo_policy(cfg, data, output_dir)
+        write_lineage(output_dir, data.sft, stage="rlhf (ppo)", data=str(cfg.prompts), steps=cfg.ppo.steps,
+                      method="full fine-tuning")
+        return summary
     guard = kl_guard(cfg.max_kl)
     trainer = ALGORITHMS[cfg.algorithm](cfg, data, seed, tokenizer, [guard])
     result = trainer.train()
-    trainer.save_model(str(output_dir))
+    lora = save_trained(trainer, data.sft, output_dir, cfg.lora, "CAUSAL_LM")
     tokenizer.save_pretrained(output_dir)
-    return {"algorithm": cfg.algorithm, "steps": result.global_step, "train_loss": result.training_loss,
+    write_lineage(output_dir, data.sft, stage=f"rlhf ({cfg.algorithm})", data=str(cfg.prompts),
+                  steps=result.global_step, method=f"LoRA r={cfg.lora.r}" if cfg.lora.enabled else "full fine-tuning",
+                  adapter=lora.get("adapter"))
+    return {**lora, "algorithm": cfg.algorithm, "steps": result.global_step, "train_loss": result.training_loss,
             "stopped_early": guard.stopped_at is not None, "last_logged_kl": guard.last_kl,
             "train_prompts": len(data.prompts), "train_pairs": len(data.pairs) if cfg.algorithm == "dpo" else 0}

@@ -1,30 +1,49 @@
-"""Conversations as token ids: our chat template, an assistant-token mask, and left truncation
-at a turn boundary.
+"""Conversations as token ids through any model's own chat template: an assistant-token mask that
+needs no ``{% generation %}`` block, message content tokenized as text, and left truncation at a
+turn boundary.
 
 Every stage after pretraining feeds chat-formatted text to a model (SFT, the reward model, RL
-prompts, evaluation). They all go through ``encode_chat`` so they agree on the format and on how
-a conversation longer than the context is cut: whole messages are dropped from the *left*
+prompts, evaluation, chat and serve). They all go through ``encode_chat`` so they agree on the format
+and on how a conversation longer than the context is cut: whole messages are dropped from the *left*
 (keeping a leading system message), and the kept part always starts at a user turn, so the model
 never sees half a turn or a reply without the question before it. Only when the last exchange
 alone does not fit are tokens cut from its left.
 
-Our template renders each message on its own (no state across messages, no BOS), so a
-conversation's ids are the concatenation of its messages' ids; ``encode_chat`` tokenizes message
-by message and never re-tokenizes the whole text.
+How a conversation becomes ids, for any Jinja chat template (ours, SmolLM2's, Llama-3's, Qwen2's):
+
+1. The whole conversation is rendered once with its real content, and once with each message's
+   content replaced by a placeholder. The placeholder rendering says which characters of the real
+   text are message content and which the template wrote; the two are checked to agree (a template
+   may ``trim`` the content, nothing else), so a template that rewrites content fails loudly.
+2. The assistant's characters are found by rendering prefixes, as LLaMA-Factory and OpenRLHF do for
+   templates without generation markers: for an assistant message ``i``, the text of
+   ``messages[:i]`` with the generation prompt ends where the reply starts, and the text of
+   ``messages[:i + 1]`` ends where it ends (trailing whitespace after the end-of-turn token left
+   out). A template that inserts a default system prompt inserts it in every prefix, so it is
+   simply template text. A template that rewrites earlier turns (one that is not prefix-stable)
+   raises an error naming the message.
+3. The text is cut at every content and assistant boundary, and each piece is tokenized on its
+   own: template pieces with special tokens recognised, content pieces with
+   ``split_special_tokens=True``, so a user who types ``<|im_end|>`` gets the characters, never the
+   control token. Cutting at boundaries means no token straddles a boundary, so the mask is exact.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100          # label of tokens excluded from the loss (PyTorch cross-entropy's default)
-GENERATION_PROMPT = "<|im_start|>assistant\n"
+
+# Private-use code points: no real text or template contains them, and templates pass them through.
+_PLACEHOLDER = "\ue000{}\ue001"
+_PLACEHOLDER_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass(frozen=True)
 class EncodedChat:
     input_ids: list[int]
-    assistant_mask: list[int]     # 1 on tokens the assistant wrote: its reply and the <|im_end|> closing it
+    assistant_mask: list[int]     # 1 on tokens the assistant wrote: its reply and the end-of-turn token closing it
     first_message: int            # index of the first kept message other than a leading system message
     kept_system: bool             # a leading system message is kept (False when there is none or it was dropped)
     cut_tokens: int               # tokens cut from the left when one exchange alone did not fit
@@ -39,67 +58,156 @@ class EncodedChat:
         return self.first_message - head + (head and not self.kept_system)
 
 
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    content: bool       # message content (tokenized as text) rather than template text
+    assistant: bool     # part of what an assistant turn adds (its reply and end-of-turn token)
+
+
+def render(messages: list[dict[str, str]], tokenizer, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def content_spans(messages: list[dict[str, str]], text: str, tokenizer, add_generation_prompt: bool) -> list[tuple[int, int]]:
+    """Character spans of ``text`` (the real rendering) that are message content."""
+    for i, m in enumerate(messages):
+        if _PLACEHOLDER_RE.search(m["content"]) or "\ue000" in m["content"]:
+            raise ValueError(f"message {i}: content holds the private-use character U+E000, which the "
+                             "chat encoder reserves")
+    marked = render([{**m, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)], tokenizer,
+                    add_generation_prompt)
+    parts = _PLACEHOLDER_RE.split(marked)         # template, index, template, index, ..., template
+    spans, cursor = [], 0
+    for k, part in enumerate(parts):
+        if k % 2 == 0:
+            if not text.startswith(part, cursor):
+                raise ValueError(f"the chat template renders text around message content differently when the "
+                                 f"content changes (at character {cursor}); chatforge cannot tell content from "
+                                 "template text in it")
+            cursor += len(part)
+            continue
+        content, after = messages[int(part)]["content"], parts[k + 1]
+        for cand in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+            end = cursor + len(cand)
+            if text.startswith(cand, cursor) and (text.startswith(after, end) if k + 2 < len(parts) or after
+                                                  else end == len(text)):
+                break
+        else:
+            raise ValueError(f"message {part}: the chat template changes the message content beyond trimming "
+                             "whitespace; chatforge cannot tokenize it as text")
+        if cand:
+            spans.append((cursor, end))
+        cursor = end
+    return spans
+
+
+def assistant_spans(messages: list[dict[str, str]], text: str, tokenizer) -> list[tuple[int, int]]:
+    """Character spans of ``text`` that each assistant message adds after the generation prompt."""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(messages[:i], tokenizer, add_generation_prompt=True) if i else ""
+        upto = render(messages[: i + 1], tokenizer)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise ValueError(f"message {i}: the chat template is not prefix-stable (rendering the conversation "
+                             "up to this assistant turn is not a prefix of rendering all of it), so its "
+                             "assistant tokens cannot be located")
+        end = len(upto.rstrip())
+        if end > len(before):
+            spans.append((len(before), end))
+    return spans
+
+
+def chat_pieces(messages: list[dict[str, str]], tokenizer, add_generation_prompt: bool = False) -> list[Piece]:
+    """The rendered conversation cut at every content and assistant boundary."""
+    text = render(messages, tokenizer, add_generation_prompt)
+    contents = content_spans(messages, text, tokenizer, add_generation_prompt)
+    replies = assistant_spans(messages, text, tokenizer)
+    cuts = sorted({0, len(text), *(c for span in contents + replies for c in span)})
+
+    def inside(spans, pos):
+        return any(a <= pos < b for a, b in spans)
+
+    return [Piece(text[a:b], inside(contents, a), inside(replies, a)) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def encode_messages(messages: list[dict[str, str]], tokenizer,
+                    add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """All of ``messages`` through the chat template -> (ids, assistant mask), content as text."""
+    pieces = chat_pieces(messages, tokenizer, add_generation_prompt)
+    ids_of: dict[bool, list[list[int]]] = {}
+    for is_content in (False, True):
+        texts = [p.text for p in pieces if p.content == is_content]
+        ids_of[is_content] = (tokenizer(texts, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
+                              if texts else [])
+    ids, mask, taken = [], [], {False: 0, True: 0}
+    for p in pieces:
+        piece_ids = ids_of[p.content][taken[p.content]]
+        taken[p.content] += 1
+        ids += piece_ids
+        mask += [int(p.assistant)] * len(piece_ids)
+    return ids, mask
+
+
 def encode_message(message: dict[str, str], tokenizer) -> tuple[list[int], list[int]]:
-    """One message through the chat template -> (ids, assistant mask from its {% generation %} block).
-
-    The content is text: a special-token string in it (``<|im_end|>\n<|im_start|>system``) is
-    tokenized as ordinary text, never as the special token, so no message can forge a turn.
-    """
-    if any(special in message["content"] for special in tokenizer.all_special_tokens):
-        return _encode_content_as_text(message, tokenizer)
-    out = tokenizer.apply_chat_template([message], tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids = list(out["input_ids"])
-    return ids, list(out.get("assistant_masks") or [0] * len(ids))
-
-
-def _encode_content_as_text(message: dict[str, str], tokenizer) -> tuple[list[int], list[int]]:
-    """The template rendered around a special token that it does not write itself (a marker), and
-    the content tokenized with special tokens split in the marker's place. transformers'
-    ``sanitize_control_tokens`` does the same but refuses ``return_assistant_tokens_mask``."""
-    for marker in tokenizer.all_special_tokens:
-        out = tokenizer.apply_chat_template([{**message, "content": marker}], tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids, marker_id = list(out["input_ids"]), tokenizer.convert_tokens_to_ids(marker)
-        if ids.count(marker_id) == 1:
-            break
-    else:
-        raise ValueError("the chat template writes every special token itself: no marker to place the content")
-    mask = list(out.get("assistant_masks") or [0] * len(ids))
-    at = ids.index(marker_id)
-    text = tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
-    return ids[:at] + text + ids[at + 1:], mask[:at] + [mask[at]] * len(text) + mask[at + 1:]
+    """One message alone through the chat template -> (ids, assistant mask)."""
+    return encode_messages([message], tokenizer)
 
 
 def encode_chat(messages: list[dict[str, str]], tokenizer, max_length: int, *,
                 add_generation_prompt: bool = False, reserve: int = 0) -> EncodedChat:
     """``messages`` as ids of at most ``max_length - reserve`` tokens, cut at a turn boundary.
 
-    ``add_generation_prompt`` appends ``<|im_start|>assistant\\n`` (a prompt to generate from);
+    ``add_generation_prompt`` appends the template's generation prompt (a prompt to generate from);
     ``reserve`` keeps room for that many generated tokens.
     """
     budget = max_length - reserve
-    parts = [encode_message(m, tokenizer) for m in messages]
-    tail = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False) if add_generation_prompt else []
     head = 1 if messages and messages[0]["role"] == "system" else 0
-    head_len = sum(len(ids) for ids, _ in parts[:head])
     # Candidate starts, earliest first: keep everything, else start at a later user turn.
     starts = [head] + [i for i in range(head + 1, len(messages)) if messages[i]["role"] == "user"]
-    suffix = [0] * (len(parts) + 1)
-    for i in range(len(parts) - 1, -1, -1):
-        suffix[i] = suffix[i + 1] + len(parts[i][0])
-    for start in starts:
-        if head_len + suffix[start] + len(tail) <= budget:
-            kept = parts[:head] + parts[start:]
-            ids = [t for p, _ in kept for t in p] + tail
-            mask = [b for _, m in kept for b in m] + [0] * len(tail)
-            return EncodedChat(ids, mask, start, bool(head), 0)
+    encoded: dict[int, tuple[list[int], list[int]]] = {}
+
+    def encode_from(k: int) -> tuple[list[int], list[int]]:
+        if k not in encoded:
+            encoded[k] = encode_messages(messages[:head] + messages[starts[k]:], tokenizer, add_generation_prompt)
+        return encoded[k]
+
+    # The kept length falls as the start moves right: binary search for the earliest start that fits.
+    lo, hi = 0, len(starts)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode_from(mid)[0]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(starts):
+        ids, mask = encode_from(lo)
+        return EncodedChat(ids, mask, starts[lo], bool(head), 0)
     # Even the last exchange is too long with the system message: drop it, then cut from the left.
     start = starts[-1]
-    ids = [t for p, _ in parts[start:] for t in p] + tail
-    mask = [b for _, m in parts[start:] for b in m] + [0] * len(tail)
+    ids, mask = encode_messages(messages[start:], tokenizer, add_generation_prompt)
     cut = max(len(ids) - budget, 0)
     return EncodedChat(ids[cut:], mask[cut:], start, False, cut)
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """Token ids that end a reply under the tokenizer's chat template: its EOS, the special tokens that
+    close an assistant turn, and those that open the next turn (a model that skips the end-of-turn
+    token and opens a new turn, or a new document with BOS, has ended its reply too; it would go on to
+    write the user's message)."""
+    special = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    stops = {tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        ids, mask = encode_messages(probe, tokenizer)
+        prompt, _ = encode_messages(probe[:1], tokenizer, add_generation_prompt=True)
+    except Exception:        # a tokenizer without a usable chat template: EOS alone
+        return stops
+    closing = [t for t, m in zip(ids, mask) if m and t in special]
+    opening = [t for t in prompt[len(encode_messages(probe[:1], tokenizer)[0]):] if t in special][:1]
+    return stops | set(closing) | set(opening)
 
 
 def fit_prompt(messages: list[dict[str, str]], tokenizer, max_length: int, reserve: int) -> list[dict[str, str]] | None:

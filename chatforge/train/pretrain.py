@@ -1,10 +1,15 @@
-"""Pretraining from scratch: next-token prediction on packed documents with the transformers Trainer.
+"""Pretraining: next-token prediction on packed documents with the transformers Trainer, from scratch
+or continued from a pretrained base model (``pretrain.base``, written by the base_model stage).
 
 Reads in order: config, seed and threads, training arguments (this joins the process group when
 launched by torchrun/accelerate), data (tokenised and packed once, cached), model, Trainer
 (AdamW, linear warmup then cosine to ``min_lr_ratio``, gradient clipping and accumulation,
 checkpoints every ``save_steps``), resume from the last complete checkpoint, train, score the
 held-out split, save the model with its tokenizer, sample a few continuations.
+
+With a base model the architecture comes from its checkpoint (the ``model:`` section is unused), the
+held-out split is scored before training as well as after, and ``max_tokens: 0`` adopts the base as
+is (no step taken; the report still scores it).
 
 The global batch (sequences per optimizer step) is a param of its own; the accumulation steps
 follow from it, the per-device batch and the number of processes. So one process and two
@@ -25,6 +30,7 @@ from typing import Any, Literal
 from chatforge.core.config import field_help, save_config, to_dict
 from chatforge.core.files import atomic_dir, atomic_open
 from chatforge.core.launcher import Launcher, world
+from chatforge.train.base_model import has_model, read_lineage, write_lineage
 from chatforge.train.checkpoints import completion_callback, last_complete_checkpoint, prepare_checkpoint_dir
 from chatforge.train.model import ModelConfig, build_model, count_parameters
 from chatforge.train.packing import data_digest, file_digest, pretraining_blocks, token_corpus
@@ -45,6 +51,8 @@ class PretrainConfig:
     input: Path = field_help(Path("data/tokens"), "the tokenize stage's token shards (or, tokenised here into "
                                                   "cache_dir: documents JSONL with a train/validation split)")
     tokenizer: Path = field_help(Path("models/tokenizer"), "the trained tokenizer directory")
+    base: Path | None = field_help(None, "the base_model output (params.yaml: models/pretrained): when it holds "
+                                         "a model, pretraining continues from it instead of starting from scratch")
     output: Path = field_help(Path("models/base"), "the trained model, saved with its tokenizer")
     checkpoint_dir: Path = field_help(Path("checkpoints/pretrain"), "resumable checkpoints (a DVC persist out)")
     cache_dir: Path = field_help(Path("data/cache/pretrain"), "token shards of a documents input (not used "
@@ -56,7 +64,8 @@ class PretrainConfig:
     block_size: int = field_help(128, "tokens per packed training sequence (<= model.context_length)")
     batch_size: int = field_help(8, "sequences per device per forward/backward (micro-batch)")
     global_batch_size: int = field_help(16, "sequences per optimizer step, over all devices and accumulation")
-    max_tokens: int = field_help(1_000_000, "token budget: steps = max_tokens / (global_batch_size * block_size)")
+    max_tokens: int = field_help(1_000_000, "token budget: steps = max_tokens / (global_batch_size * block_size); "
+                                            "0 with a base model = adopt it as is")
     lr: float = field_help(3.0e-3, "peak learning rate (AdamW)")
     min_lr_ratio: float = field_help(0.1, "the cosine ends at lr * min_lr_ratio")
     warmup_fraction: float = field_help(0.05, "share of the steps spent warming up linearly from 0")
@@ -190,7 +199,8 @@ def training_arguments(cfg: PretrainConfig, seed: int, world_size: int, report_t
 def run_fingerprint(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int) -> dict[str, Any]:
     """What a checkpoint was trained with: training params, architecture, seed, data and tokenizer."""
     train = {k: v for k, v in to_dict(cfg).items() if k not in NOT_IN_FINGERPRINT}
-    return {"seed": seed, "model": to_dict(model_cfg), "pretrain": train,
+    base = read_lineage(cfg.base)["base"] if cfg.base else None
+    return {"seed": seed, "model": to_dict(model_cfg), "pretrain": train, "base": base,
             "data_digest": data_digest(cfg.input), "tokenizer_digest": file_digest([cfg.tokenizer])}
 
 
@@ -236,7 +246,6 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     Every process of a distributed run calls this; only rank 0 writes the model, curves and
     samples. ``config_to_save`` is written next to the model as ``chatforge.yaml``.
     """
-    import numpy as np
     import torch
     from torch.utils.data import Subset
     from transformers import Trainer
@@ -245,7 +254,11 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
 
     # -- config, seed, threads ---------------------------------------------------------------
     rank, world_size = world()
-    if cfg.block_size > model_cfg.context_length:
+    base = cfg.base if cfg.base is not None and has_model(cfg.base) else None
+    adopt_only = base is not None and cfg.max_tokens == 0
+    if base is None and cfg.max_tokens <= 0:
+        raise ValueError("pretrain.max_tokens must be > 0 when there is no base model to adopt (base_model.source)")
+    if base is None and cfg.block_size > model_cfg.context_length:
         raise ValueError(f"pretrain.block_size={cfg.block_size} is longer than model.context_length="
                          f"{model_cfg.context_length}")
     if cfg.num_threads:
@@ -273,7 +286,16 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     periodic_val = Subset(val, range(min(cfg.eval_blocks, len(val)))) if cfg.eval_steps > 0 else None
 
     # -- model and trainer --------------------------------------------------------------------
-    model = build_model(model_cfg, tokenizer, seed)
+    if base is not None:
+        from chatforge.train.loading import load_model
+
+        model = load_model(base).train()
+        if cfg.block_size > model.config.max_position_embeddings:
+            raise ValueError(f"pretrain.block_size={cfg.block_size} is longer than the base model's context "
+                             f"({model.config.max_position_embeddings} tokens, {base})")
+        log.info("pretrain: continuing from %s (%s)", base, read_lineage(base)["base"]["source"])
+    else:
+        model = build_model(model_cfg, tokenizer, seed)
     n_params = count_parameters(model)
     log.info("pretrain: model %.2fM parameters (%.2fM without embeddings)", n_params / 1e6,
              (n_params - model.get_input_embeddings().weight.numel()) / 1e6)
@@ -281,18 +303,28 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=periodic_val,
                       data_collator=collate_blocks, callbacks=[completion_callback(), timer, *(callbacks or [])])
 
-    # -- train --------------------------------------------------------------------------------
-    train_out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    start_step = trainer.state.global_step - timer.steps
-    log.info("pretrain: trained steps %d..%d in %.1f s", start_step, trainer.state.global_step, timer.seconds)
-
-    # -- held-out score (every rank scores its share) --------------------------------------
+    # -- held-out blocks; a base model is scored before it trains too ----------------------------
     token_bytes = token_byte_lengths(tokenizer)
     n_val = min(len(val), cfg.max_eval_blocks or len(val))
     n_val -= n_val % world_size
     val_blocks = val.blocks(n_val)                                                  # (N, T)
-    score = score_model(trainer.model_wrapped, val_blocks, token_bytes, cfg.batch_size, args.device,
-                        trainer.accelerator.autocast())
+    before = None
+    if base is not None:
+        before = score_model(trainer.model, val_blocks, token_bytes, cfg.batch_size, args.device,
+                             trainer.accelerator.autocast())
+        log.info("pretrain: base model held-out loss %.4f, bpb %.4f", before.loss, before.bpb)
+
+    # -- train --------------------------------------------------------------------------------
+    if adopt_only:
+        train_metrics: dict[str, Any] = {}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
+    start_step = trainer.state.global_step - timer.steps
+    log.info("pretrain: trained steps %d..%d in %.1f s", start_step, trainer.state.global_step, timer.seconds)
+
+    # -- held-out score (every rank scores its share) --------------------------------------
+    score = before if adopt_only else score_model(trainer.model_wrapped, val_blocks, token_bytes, cfg.batch_size,
+                                                  args.device, trainer.accelerator.autocast())
 
     # -- save (collective for FSDP/ZeRO-3: every rank gives its shard) -------------------------
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
@@ -301,6 +333,8 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     with atomic_dir(cfg.output) as tmp:
         trainer.accelerator.unwrap_model(trainer.model_wrapped).save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        write_lineage(tmp, base, stage="pretrain", data=str(cfg.input),
+                      tokens=trainer.state.global_step * tokens_per_step)
         if config_to_save is not None:
             save_config(config_to_save, tmp / "chatforge.yaml")
     write_curves(trainer.state.log_history, cfg.loss_curve, cfg.val_curve)
@@ -309,8 +343,11 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     counts = unigram_counts(data["train"].token_chunks(), len(tokenizer))
     unigram = unigram_score(counts, val_blocks, token_bytes)
     samples = generate_samples(cfg.output, cfg.sample_prompts, cfg.sample_tokens, seed)
-    report = build_report(trainer.state, train_out.metrics, score, unigram, tokens_per_step, timer, n_params,
+    report = build_report(trainer.state, train_metrics, score, unigram, tokens_per_step, timer, n_params,
                           start_step, len(data["train"]) * cfg.block_size)
+    if base is not None:
+        report.update(base=read_lineage(base)["base"]["source"], base_val_loss=round(before.loss, 5),
+                      base_val_bpb=round(before.bpb, 5))
     log.info("pretrain: val loss %.4f, val bpb %.4f (unigram %.4f), %.0f tokens/s", report["val_loss"],
              report["val_bpb"], report["unigram_bpb"], report["tokens_per_second"])
     return PretrainResult(report, samples)

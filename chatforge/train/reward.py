@@ -18,6 +18,7 @@ from typing import Any
 
 from chatforge.core.config import field_help
 from chatforge.train.chat_format import encode_chat, reply_pair
+from chatforge.train.lora import LoraConfig, save_trained, trainer_kwargs
 from chatforge.train.trainer_args import training_args
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RewardModelConfig:
     max_pairs: int = field_help(0, "use at most this many pairs of each part (0 = all)")
     eval_batch_size: int = field_help(32, "sequences per forward pass when scoring")
     logging_steps: int = field_help(10, "log loss/accuracy/margin to MLflow every N steps")
+    lora: LoraConfig = field_help(LoraConfig(), "LoRA adapter (the scalar head trains in full) instead of all weights")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.judge_fraction < 1.0:
@@ -66,6 +68,7 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    from chatforge.train.base_model import write_lineage
     from chatforge.train.tokenizer import load_tokenizer
 
     if not pairs:
@@ -79,12 +82,15 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
         center_rewards_coefficient=cfg.center_rewards_coefficient or None,
     ))
     trainer = RewardTrainer(model=str(cfg.sft), args=args, processing_class=tokenizer,
-                            train_dataset=Dataset.from_list(encode_pairs(pairs, tokenizer, cfg.max_length)))
+                            train_dataset=Dataset.from_list(encode_pairs(pairs, tokenizer, cfg.max_length)),
+                            **trainer_kwargs(cfg.lora, "SEQ_CLS"))
     result = trainer.train()
     # Scored later as it was trained: every scorer reads this length (see score_replies).
-    trainer.model.config.reward_max_length = cfg.max_length
-    trainer.save_model(str(output_dir))
+    lora = save_trained(trainer, cfg.sft, output_dir, cfg.lora, "SEQ_CLS", {"reward_max_length": cfg.max_length})
     tokenizer.save_pretrained(output_dir)
+    write_lineage(output_dir, cfg.sft, stage=f"train_reward ({name})", data=str(cfg.input), pairs=len(pairs),
+                  steps=result.global_step, method=f"LoRA r={cfg.lora.r}" if cfg.lora.enabled else "full fine-tuning",
+                  adapter=lora.get("adapter"))
     log.info("%s model: %d pairs, %d steps, train loss %.4f", name, len(pairs), result.global_step,
              result.training_loss)
     return {"train_pairs": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}

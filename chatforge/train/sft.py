@@ -19,6 +19,7 @@ from typing import Any
 
 from chatforge.core.config import field_help
 from chatforge.train.chat_format import encode_chat
+from chatforge.train.lora import LoraConfig, save_trained, trainable_parameters, trainer_kwargs
 from chatforge.train.trainer_args import training_args
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class SftConfig:
     max_eval: int = field_help(200, "use at most this many validation conversations (0 = all)")
     logging_steps: int = field_help(10, "log loss to MLflow every N steps")
     save_steps: int = field_help(0, "checkpoint every N steps into 'checkpoints' (0 = none)")
+    lora: LoraConfig = field_help(LoraConfig(), "LoRA adapter instead of full fine-tuning (chatforge/train/lora.py)")
 
     def __post_init__(self) -> None:
         if self.max_length < 16:
@@ -85,8 +87,13 @@ def sft_arguments(cfg: SftConfig, seed: int, **overrides: Any):
 def train_sft(cfg: SftConfig, train: list[dict[str, Any]], validation: list[dict[str, Any]], seed: int,
               output_dir: Path) -> dict[str, Any]:
     """Fine-tune ``cfg.base`` on ``train``; save model + tokenizer to ``output_dir``; return metrics."""
+    import resource
+    import time
+
     from datasets import Dataset
     from trl import SFTTrainer
+
+    from chatforge.train.base_model import write_lineage
 
     from chatforge.train.tokenizer import load_tokenizer
 
@@ -106,20 +113,34 @@ def train_sft(cfg: SftConfig, train: list[dict[str, Any]], validation: list[dict
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
+        **trainer_kwargs(cfg.lora, "CAUSAL_LM"),
     )
+    trainable, total = trainable_parameters(trainer.model)
+    log.info("sft: %.2fM of %.2fM parameters trainable (%s)", trainable / 1e6, total / 1e6,
+             "LoRA" if cfg.lora.enabled else "full fine-tuning")
     metrics: dict[str, Any] = {"train_conversations": len(train_rows), "validation_conversations": len(val_rows),
                                "truncated_conversations": train_counts["truncated"] + val_counts["truncated"],
                                "skipped_conversations": train_counts["skipped"] + val_counts["skipped"]}
     if val_rows:
         before = trainer.evaluate()["eval_loss"]
         metrics.update(base_eval_loss=before, base_perplexity=math.exp(min(before, 50.0)))
+    start = time.perf_counter()
     result = trainer.train()
-    metrics.update(train_loss=result.training_loss, steps=result.global_step)
+    seconds = time.perf_counter() - start
+    batch_tokens = cfg.batch_size * cfg.grad_accum * sum(len(r["input_ids"]) for r in train_rows) / len(train_rows)
+    metrics.update(train_loss=result.training_loss, steps=result.global_step, trainable_parameters=trainable,
+                   total_parameters=total, train_seconds=round(seconds, 2),
+                   train_tokens_per_second=round(result.global_step * batch_tokens / max(seconds, 1e-9), 1),
+                   # peak resident memory of this process so far (Linux reports KiB), training included
+                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     if val_rows:
         after = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=after, perplexity=math.exp(min(after, 50.0)))
         log.info("sft: held-out loss %.3f -> %.3f (perplexity %.1f -> %.1f)", before, after,
                  metrics["base_perplexity"], metrics["perplexity"])
-    trainer.save_model(str(output_dir))
+    metrics.update(save_trained(trainer, cfg.base, output_dir, cfg.lora, "CAUSAL_LM"))
     tokenizer.save_pretrained(output_dir)
+    write_lineage(output_dir, cfg.base, stage="sft", data=str(cfg.input), steps=result.global_step,
+                  method=f"LoRA r={cfg.lora.r}" if cfg.lora.enabled else "full fine-tuning",
+                  adapter=metrics.get("adapter"))
     return metrics

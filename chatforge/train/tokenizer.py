@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer with chat special tokens and a ChatML-style chat template.
+"""Byte-level BPE tokenizer with chat special tokens and a ChatML-style chat template; or, with a
+pretrained base model, that model's own tokenizer and chat template, adopted as they are.
 
 Byte-level BPE (GPT-2 style) maps every input byte to a symbol first, so any Unicode text (CJK,
 emoji, control characters) round-trips exactly: there is no normalizer and no unknown token.
@@ -47,6 +48,8 @@ class TokenizerConfig:
     input: Path = field_help(Path("data/clean/documents.jsonl"), "documents (train split trains, validation measures)")
     output: Path = field_help(Path("models/tokenizer"), "the Hugging Face tokenizer directory written")
     report: Path = field_help(Path("reports/train_tokenizer.json"), "bytes per token and counts")
+    base: Path | None = field_help(None, "the base_model output (params.yaml: models/pretrained): when it holds "
+                                         "a model, its tokenizer is adopted instead of training one")
     vocab_size: int = field_help(4096, "total vocabulary including the 256 byte symbols and special tokens")
     min_frequency: int = field_help(2, "a pair must occur this often to be merged")
     max_chars: int = field_help(20_000_000, "character budget: train on at most this many characters")
@@ -82,6 +85,16 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig):
     )
     tok.train_from_iterator(limit_chars(texts, cfg.max_chars), trainer=trainer)
     return wrap_tokenizer(tok)
+
+
+def tokenizer_for(texts: Iterable[str], cfg: TokenizerConfig):
+    """(tokenizer, adopted source): the base model's own tokenizer when ``cfg.base`` holds a model
+    (its vocabulary is what the weights were trained on), else one trained on ``texts``."""
+    from chatforge.train.base_model import has_model, read_lineage
+
+    if cfg.base is not None and has_model(cfg.base):
+        return load_tokenizer(cfg.base), read_lineage(cfg.base)["base"]["source"]
+    return train_tokenizer(texts, cfg), None
 
 
 def wrap_tokenizer(tok):
