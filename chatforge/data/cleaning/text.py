@@ -25,12 +25,27 @@ def looks_like_html(text: str, source: str = "") -> bool:
 
 
 def html_to_text(html: str) -> str:
-    """Main text of a page ('' when trafilatura finds none; broken HTML is parsed leniently)."""
+    """Main text of a page ('' when trafilatura finds none; broken HTML is parsed leniently), led by the
+    article's headline: trafilatura sets a leading ``<h1>`` aside as the title, and a reader keeps it."""
     import trafilatura
 
     text = trafilatura.extract(html, favor_precision=True, include_comments=False, include_tables=False,
-                               deduplicate=True)
-    return text or ""
+                               deduplicate=True) or ""
+    headline = _headline(html)
+    if text and headline and headline not in text.split("\n", 3)[:3]:
+        text = f"{headline}\n{text}"
+    return text
+
+
+def _headline(html: str) -> str:
+    """The text of the page's only ``<h1>`` ('' when there is none or several: then none is the headline)."""
+    import lxml.html
+
+    try:
+        heads = lxml.html.fromstring(html).xpath("//h1")
+    except Exception:                                    # lxml refuses some fragments; they have no headline
+        return ""
+    return " ".join(heads[0].text_content().split()) if len(heads) == 1 else ""
 
 
 def normalize_text(text: str) -> str:
