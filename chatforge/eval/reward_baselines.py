@@ -13,7 +13,8 @@ beside the trained models, computed on the same held-out pairs:
   reply shares more words by chance);
 - ``pmi``: a language model's pointwise mutual information of reply and conversation,
   log p(reply | conversation) - log p(reply | no conversation) (Li et al. 2016's MMI criterion,
-  arXiv:1510.03055), from the model the reward model starts from.
+  arXiv:1510.03055), from the model the reward model starts from. "No conversation" is one empty
+  user turn: every chat template can render that, not every one renders nothing.
 
 A tie counts half, so a scorer that cannot tell the replies apart scores 0.5.
 """
@@ -30,6 +31,7 @@ from chatforge.rl.evaluation import Samples, reply_logprobs
 from chatforge.train.chat_format import encode_chat
 
 WORD = re.compile(r"\w+")
+NO_CONVERSATION = [{"role": "user", "content": ""}]
 Pair = dict[str, Any]
 
 
@@ -81,15 +83,16 @@ def word_scorers(train_pairs: Sequence[Pair]) -> dict[str, Callable[[list[dict[s
 
 def pmi_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
                batch_size: int = 32) -> list[float]:
-    """log p(reply | prompt) - log p(reply | no prompt) for each (prompt, reply), the reply ending with
-    its end-of-turn token; the prompt keeps as many whole turns as the model's context allows."""
+    """log p(reply | prompt) - log p(reply | an empty user turn) for each (prompt, reply), the reply
+    ending with its end-of-turn token; the prompt keeps as many whole turns as the context allows."""
     context = int(model.config.max_position_embeddings)
     reply_ids = [tokenizer.encode(r, add_special_tokens=False)[: context // 2] + [tokenizer.eos_token_id]
                  for r in replies]
 
     def logprobs(with_prompt: bool) -> list[float]:
-        prompt_ids = [encode_chat(p if with_prompt else [], tokenizer, context, add_generation_prompt=True,
-                                  reserve=len(r)).input_ids for p, r in zip(prompts, reply_ids)]
+        prompt_ids = [encode_chat(p if with_prompt else NO_CONVERSATION, tokenizer, context,
+                                  add_generation_prompt=True, reserve=len(r)).input_ids
+                      for p, r in zip(prompts, reply_ids)]
         n = len(replies)
         return reply_logprobs(model, Samples(list(range(n)), prompt_ids, reply_ids, replies),
                               tokenizer.pad_token_id, batch_size)
