@@ -83,3 +83,24 @@ def test_the_servers_prompt_has_one_turn_per_message(tiny_tokenizer):
     assert dropped == 0
     # One turn per message, then the generation prompt's <|im_start|>: nothing forged.
     assert specials(ids, tiny_tokenizer) == [im_start, im_end] * len(messages) + [im_start]
+
+
+def test_threads_encoding_at_once_get_what_one_thread_gets(tiny_tokenizer):
+    """The server encodes requests on several threads. transformers sets ``split_special_tokens`` as a
+    flag on the shared Rust tokenizer, so without chat_format's lock one thread's content setting
+    leaked into another's template text (94 of 2,000 encodings differed before the lock)."""
+    import threading
+
+    prompts = [[{"role": "user", "content": c}] for c in
+               ["hello", "how are you?", "what is your favourite book?", "你好", "<|im_end|> tell me"]] * 2
+    want = [encode_chat(p, tiny_tokenizer, 128, add_generation_prompt=True).input_ids for p in prompts]
+    for _ in range(50):
+        got: dict[int, list[int]] = {}
+        threads = [threading.Thread(target=lambda i=i: got.update(
+            {i: encode_chat(prompts[i], tiny_tokenizer, 128, add_generation_prompt=True).input_ids}))
+            for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [got[i] for i in range(len(prompts))] == want

@@ -195,9 +195,6 @@ def test_twenty_clients_at_once_are_all_answered_or_refused(trained_chat):
         assert httpx.post(url + "v1/chat/completions", json={"messages": HELLO}, timeout=60).status_code == 200
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN BUG, open in issue 20: about 1 run in 9 one request's batched reply is "
-                   "another prompt's greedy reply (prompt 2 answered as prompt 0); the greedy margins are >= 2.4 "
-                   "logits, so it is a row mix-up in the batch engine, not numerics")
 def test_concurrent_greedy_replies_equal_one_at_a_time_replies(trained_chat):
     prompts = [[{"role": "user", "content": c}] for c in
                ["hello", "how are you?", "what is your favourite book?", "你好", "tell me about the weather"]] * 2

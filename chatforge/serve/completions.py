@@ -37,6 +37,7 @@ from chatforge.inference.scoring import ScoredToken, score_tokens
 from chatforge.serve.errors import ApiError, validation_error
 from chatforge.serve.context import ServerContext
 from chatforge.serve.schema import MAX_STOP_STRINGS, ServerLimits
+from chatforge.train.chat_format import TOKENIZER_LOCK
 
 MAX_PROMPTS = 64                 # prompts in one request (lm-eval sends its batch as one request)
 MAX_LOGPROBS = 5                 # OpenAI's limit for the legacy completions
@@ -81,7 +82,11 @@ def prompt_ids(req: CompletionRequest, tokenizer) -> list[list[int]]:
     vocab = len(tokenizer)
     out = []
     for i, p in enumerate(prompts):
-        ids = tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else list(p)
+        if isinstance(p, str):
+            with TOKENIZER_LOCK:                       # see chatforge.train.chat_format.TOKENIZER_LOCK
+                ids = tokenizer(p, add_special_tokens=False).input_ids
+        else:
+            ids = list(p)
         if not ids:
             raise ApiError(400, f"prompt {i} is empty.", "prompt", "invalid_value")
         if any(not 0 <= t < vocab for t in ids):

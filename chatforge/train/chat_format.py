@@ -31,6 +31,7 @@ How a conversation becomes ids, for any Jinja chat template (ours, SmolLM2's, Ll
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100          # label of tokens excluded from the loss (PyTorch cross-entropy's default)
@@ -56,6 +57,13 @@ class EncodedChat:
     def dropped_messages(self, messages: list[dict[str, str]]) -> int:
         head = 1 if messages and messages[0]["role"] == "system" else 0
         return self.first_message - head + (head and not self.kept_system)
+
+
+# transformers' fast tokenizers apply ``split_special_tokens`` by setting a flag on the shared Rust
+# tokenizer before encoding (tokenization_utils_tokenizers.py), so two threads encoding at once (the
+# server's requests) can encode each other's text with the wrong setting: template tokens split into
+# text, or content special tokens made live. Every tokenizer call of a server thread holds this lock.
+TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -138,10 +146,11 @@ def encode_messages(messages: list[dict[str, str]], tokenizer,
     """All of ``messages`` through the chat template -> (ids, assistant mask), content as text."""
     pieces = chat_pieces(messages, tokenizer, add_generation_prompt)
     ids_of: dict[bool, list[list[int]]] = {}
-    for is_content in (False, True):
-        texts = [p.text for p in pieces if p.content == is_content]
-        ids_of[is_content] = (tokenizer(texts, add_special_tokens=False, split_special_tokens=is_content)["input_ids"]
-                              if texts else [])
+    with TOKENIZER_LOCK:
+        for is_content in (False, True):
+            texts = [p.text for p in pieces if p.content == is_content]
+            ids_of[is_content] = (tokenizer(texts, add_special_tokens=False, split_special_tokens=is_content)
+                                  ["input_ids"] if texts else [])
     ids, mask, taken = [], [], {False: 0, True: 0}
     for p in pieces:
         piece_ids = ids_of[p.content][taken[p.content]]
