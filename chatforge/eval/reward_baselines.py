@@ -50,15 +50,17 @@ def inverse_document_frequency(replies: Sequence[str]) -> dict[str, float]:
     return {w: math.log((n + 1) / (c + 1)) for w, c in df.items()} | {"": math.log(n + 1)}
 
 
-def pairwise_accuracy(pairs: Sequence[Pair], score: Callable[[list[dict[str, str]], str], float]) -> float:
-    """Share of pairs whose chosen reply scores above the rejected one (a tie counts half)."""
-    if not pairs:
+def win_share(chosen: Sequence[float], rejected: Sequence[float]) -> float:
+    """Share of pairs whose chosen score is above the rejected one (a tie counts half)."""
+    if not chosen:
         return float("nan")
-    wins = 0.0
-    for p in pairs:
-        c, r = score(p["prompt"], p["chosen"]), score(p["prompt"], p["rejected"])
-        wins += 1.0 if c > r else 0.5 if c == r else 0.0
-    return wins / len(pairs)
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
+
+
+def pairwise_accuracy(pairs: Sequence[Pair], score: Callable[[list[dict[str, str]], str], float]) -> float:
+    """``win_share`` of ``score`` on each pair's chosen and rejected reply."""
+    return win_share([score(p["prompt"], p["chosen"]) for p in pairs],
+                     [score(p["prompt"], p["rejected"]) for p in pairs])
 
 
 def word_scorers(train_pairs: Sequence[Pair]) -> dict[str, Callable[[list[dict[str, str]], str], float]]:
@@ -108,6 +110,5 @@ def reward_baselines(train_pairs: Sequence[Pair], heldout: Sequence[Pair], model
         prompts = [p["prompt"] for p in heldout]
         chosen = pmi_scores(model, tokenizer, prompts, [p["chosen"] for p in heldout], batch_size)
         rejected = pmi_scores(model, tokenizer, prompts, [p["rejected"] for p in heldout], batch_size)
-        out["baseline_pmi"] = sum(1.0 if c > r else 0.5 if c == r else 0.0
-                                  for c, r in zip(chosen, rejected)) / len(heldout)
+        out["baseline_pmi"] = win_share(chosen, rejected)
     return out
