@@ -161,12 +161,11 @@ def test_sft_reward_dpo_export_on_another_architecture(adopted, tmp_path, lora, 
     chat = load_chat_model(tmp_path / "policy")
     reply = chat.complete([{"role": "user", "content": "Hello!"}], DecodingConfig(max_new_tokens=6))
     assert reply.completion_tokens >= 1 and reply.prompt_tokens > 3
-    if family == "qwen2":
-        # ONNX export and its parity check (the graph's KV layout is the Llama/Qwen2 one)
-        model, tok = load_policy(tmp_path / "policy")
-        cfg = ExportConfig(input=tmp_path / "policy", output=tmp_path / "export", max_new_tokens=6, benchmark_tokens=4,
-                           fp16="off", tensorrt="off",
-                           prompts=[[{"role": "user", "content": "Hello! How are you today?"}]])
-        export_policy(model, tok, tmp_path / "export", cfg)
-        check = verify_onnx(model, tok, tmp_path / "export", cfg, seed=0)
-        assert check["max_abs_diff"] < 1e-3 and check["greedy_match"], json.dumps(check)[:400]
+    # ONNX export and its parity check on both families (GPT-2's config has no num_key_value_heads)
+    model, tok = load_policy(tmp_path / "policy")
+    cfg = ExportConfig(input=tmp_path / "policy", output=tmp_path / "export", max_new_tokens=6, benchmark_tokens=4,
+                       fp16="off", tensorrt="off",
+                       prompts=[[{"role": "user", "content": "Hello! How are you today?"}]])
+    export_policy(model, tok, tmp_path / "export", cfg)
+    check = verify_onnx(model, tok, tmp_path / "export", cfg, seed=0)
+    assert check["max_abs_diff"] < 1e-3 and check["greedy_match"], json.dumps(check)[:400]

@@ -117,8 +117,9 @@ def generate_samples(models: dict[str, Any], tokenizer, prompts: list[list[dict[
     """Each prompt answered by each model with each decoding in DECODINGS."""
     import torch
 
-    from chatforge.train.chat_format import encode_chat
+    from chatforge.train.chat_format import encode_chat, stop_token_ids
 
+    stops = sorted(stop_token_ids(tokenizer))
     rows = []
     for messages in prompts:
         ids = encode_chat(messages, tokenizer, max_length, add_generation_prompt=True,
@@ -130,7 +131,7 @@ def generate_samples(models: dict[str, Any], tokenizer, prompts: list[list[dict[
                 torch.manual_seed(seed)
                 with torch.no_grad():
                     out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                         max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                         max_new_tokens=max_new_tokens, eos_token_id=stops,
                                          pad_token_id=tokenizer.pad_token_id, **kwargs)
                 answers[name][decoding] = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
         rows.append({"messages": messages, "answers": answers})

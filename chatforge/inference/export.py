@@ -136,7 +136,8 @@ def shape_info(config) -> dict[str, int]:
     return {
         "num_layers": int(config.num_hidden_layers),
         "num_heads": int(config.num_attention_heads),
-        "num_kv_heads": int(config.num_key_value_heads),
+        # GPT-2 style configs have no grouped-query attention: one key/value head per query head.
+        "num_kv_heads": int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
         "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads),
         "vocab_size": int(config.vocab_size),
         "context_length": int(config.max_position_embeddings),

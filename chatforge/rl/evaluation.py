@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.core.config import field_help
-from chatforge.train.chat_format import encode_chat
+from chatforge.train.chat_format import encode_chat, stop_token_ids
 from chatforge.train.loading import load_model, load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def sample_replies(model, tokenizer, prompts: list[list[dict[str, str]]], settin
                        reserve=settings.max_new_tokens).input_ids for p in prompts]
     jobs = [(i, ids) for i, ids in enumerate(enc) for _ in range(settings.samples_per_prompt)]
     out = Samples([], [], [], [])
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad, stops = tokenizer.pad_token_id, sorted(stop_token_ids(tokenizer))    # the template's end of turn, not EOS alone
     for b in range(0, len(jobs), settings.batch_size):
         batch = jobs[b:b + settings.batch_size]
         width = max(len(ids) for _, ids in batch)
@@ -75,10 +75,11 @@ def sample_replies(model, tokenizer, prompts: list[list[dict[str, str]]], settin
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in batch])
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=settings.max_new_tokens, eos_token_id=eos,
+                                 top_p=1.0, max_new_tokens=settings.max_new_tokens, eos_token_id=stops,
                                  pad_token_id=pad)[:, width:]                                # (B, new)
         for (i, prompt_ids), row in zip(batch, gen.tolist()):
-            reply = row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad]
+            end = next((k for k, t in enumerate(row) if t in stops), None)
+            reply = row[: end + 1] if end is not None else [t for t in row if t != pad]
             out.prompt_index.append(i)
             out.prompt_ids.append(prompt_ids)
             out.reply_ids.append(reply)

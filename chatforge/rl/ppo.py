@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from chatforge.core.config import field_help, to_dict
 from chatforge.core.launcher import local_rank
+from chatforge.train.chat_format import encode_chat, stop_token_ids
 from chatforge.train.loading import load_model, load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
@@ -242,22 +243,24 @@ class RewardModelScorer:
 def sample_replies(policy, tokenizer, prompts: list[list[dict[str, str]]], cfg: PPOConfig, device) -> dict:
     """One sampled reply per prompt (temperature only, so log-probs match what was sampled).
 
-    Prompts are rendered with the chat template, left-padded and cut to their last
-    max_prompt_length tokens. ``mask`` covers the reply up to and including its EOS.
+    Prompts are rendered with the chat template, cut at a turn boundary to at most
+    max_prompt_length tokens and left-padded. ``mask`` covers the reply up to and including the
+    token that ended it (any of the template's stop tokens).
     """
     import torch
 
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, padding=True,
-                                        truncation=True, max_length=cfg.max_prompt_length,
-                                        return_tensors="pt", return_dict=True)
-    query, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    # The base's own template, cut at a turn boundary to the last max_prompt_length tokens.
+    ids = [encode_chat(p, tokenizer, cfg.max_prompt_length, add_generation_prompt=True).input_ids for p in prompts]
+    width, pad = max(len(x) for x in ids), tokenizer.pad_token_id
+    query = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)           # (B, T) left-padded
+    query_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    stops = sorted(stop_token_ids(tokenizer))         # the template's end of turn, not EOS alone
     with torch.no_grad():
         seq = policy.generate(input_ids=query, attention_mask=query_mask, do_sample=True, top_k=0, top_p=1.0,
                               temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                              eos_token_id=stops, pad_token_id=pad)
     reply = seq[:, query.shape[1]:]                                          # (B, R)
-    is_eos = reply == tokenizer.eos_token_id
+    is_eos = torch.isin(reply, torch.tensor(stops, device=reply.device))
     mask = ((is_eos.cumsum(1) - is_eos.long()) == 0).float()
     has_eos, lengths = is_eos.any(1), mask.sum(1).long()
     texts = [tokenizer.decode(r[: n - int(e)], skip_special_tokens=True)
