@@ -248,6 +248,10 @@ def test_chunked_validation_counts_add_up_and_catch_a_failure_in_any_chunk(tmp_p
                               "chunks": {"documents": 3, "messages": 2, "preferences": 1}}
     assert summary == {"evaluated": 3 * 4 + 2 * 3 + 2 + 1, "successful": 21, "success": True}
     assert len(json.loads((tmp_path / "gx.json").read_text())["documents"]) == 3 * 4
+    by_chars = ChunkValidator(1000, tmp_path / "gx.json", chunk_rows=1000, chunk_chars=30)
+    for record in docs:                                          # 17 characters each: a chunk closes every 2
+        by_chars.add("documents", record)
+    assert by_chars.finish()["success"] and by_chars.counts()["chunks"]["documents"] == 4
 
     # leaked e-mails in the first and the last chunk, and an id repeated three chunks apart: all counted
     docs[1]["text"] = docs[6]["text"] = "mail leak@example.com"

@@ -49,9 +49,10 @@ def expectations(max_chars: int) -> dict[str, list]:
 
 
 class ChunkValidator:
-    """The expectations run on chunks of ``chunk_rows`` rows per target (a chunk closes after the record that
-    fills it) as records are added, so memory is a chunk, not the outputs; the counts are exact (every row of
-    every chunk is checked, and failures are summed over the chunks).
+    """The expectations run on chunks of ``chunk_rows`` rows or ``chunk_chars`` characters of text per target,
+    whichever fills first (a chunk closes after the record that fills it), as records are added, so memory
+    is a chunk, not the outputs; the counts are exact (every row of every chunk is checked, and failures are
+    summed over the chunks).
 
     Unique ids (kind/id over every output) cannot be judged chunk by chunk: they are checked exactly over
     the whole stream with 8-byte hashes (chatforge/data/seen.py) instead of GX's ExpectColumnValuesToBeUnique
@@ -59,7 +60,8 @@ class ChunkValidator:
     one chunk, as before.
     """
 
-    def __init__(self, max_chars: int, result_file: Path, chunk_rows: int = 100_000) -> None:
+    def __init__(self, max_chars: int, result_file: Path, chunk_rows: int = 100_000,
+                 chunk_chars: int = 32_000_000) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -67,8 +69,9 @@ class ChunkValidator:
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.source = ctx.data_sources.add_pandas("clean")
         self.expectations = expectations(max_chars)
-        self.result_file, self.chunk_rows = result_file, chunk_rows
+        self.result_file, self.chunk_rows, self.chunk_chars = result_file, chunk_rows, chunk_chars
         self.buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in COLUMNS}
+        self.buffered_chars = dict.fromkeys(COLUMNS, 0)
         self.rows = dict.fromkeys(COLUMNS, 0)
         self.chunks = dict.fromkeys(COLUMNS, 0)
         self.summary: dict[str, Any] = {"evaluated": 0, "successful": 0}
@@ -83,14 +86,15 @@ class ChunkValidator:
             self.duplicate_ids.append(key)
         name, new = rows(kind, record)
         self.buffers[name].extend(new)
-        if len(self.buffers[name]) >= self.chunk_rows:
+        self.buffered_chars[name] += sum(len(row["text"]) for row in new)
+        if len(self.buffers[name]) >= self.chunk_rows or self.buffered_chars[name] >= self.chunk_chars:
             self._validate(name)
 
     def _validate(self, name: str) -> None:
         import pandas as pd
 
         df = pd.DataFrame(self.buffers[name], columns=COLUMNS[name])
-        self.buffers[name] = []
+        self.buffers[name], self.buffered_chars[name] = [], 0
         self.rows[name] += len(df)
         asset = self.source.add_dataframe_asset(f"{name}-{self.chunks[name]}")
         batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": df})
@@ -138,9 +142,9 @@ class ChunkValidator:
 
 
 def validate_outputs(outputs: dict[str, list[dict[str, Any]]], max_chars: int, result_file: Path,
-                     chunk_rows: int = 100_000) -> dict[str, Any]:
+                     chunk_rows: int = 100_000, chunk_chars: int = 32_000_000) -> dict[str, Any]:
     """Every expectation on outputs held in memory (tests, small data): the stage's checks, fed at once."""
-    check = ChunkValidator(max_chars, result_file, chunk_rows)
+    check = ChunkValidator(max_chars, result_file, chunk_rows, chunk_chars)
     for kind, records in outputs.items():
         for record in records:
             check.add(kind, record)
