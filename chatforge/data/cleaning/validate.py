@@ -61,13 +61,12 @@ class ChunkValidator:
     """
 
     def __init__(self, max_chars: int, result_file: Path, chunk_rows: int = 100_000,
-                 chunk_chars: int = 32_000_000) -> None:
+                 chunk_chars: int = 8_000_000) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        ctx = gx.get_context(mode="ephemeral")
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self.source = ctx.data_sources.add_pandas("clean")
+        self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.expectations = expectations(max_chars)
         self.result_file, self.chunk_rows, self.chunk_chars = result_file, chunk_rows, chunk_chars
         self.buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in COLUMNS}
@@ -96,8 +95,11 @@ class ChunkValidator:
         df = pd.DataFrame(self.buffers[name], columns=COLUMNS[name])
         self.buffers[name], self.buffered_chars[name] = [], 0
         self.rows[name] += len(df)
-        asset = self.source.add_dataframe_asset(f"{name}-{self.chunks[name]}")
-        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": df})
+        # A data source per chunk, deleted after it: its execution engine caches every batch's dataframe
+        # (BatchManager._batch_data_cache), so one long-lived source would keep every chunk in memory.
+        source = self.ctx.data_sources.add_pandas(f"clean-{name}-{self.chunks[name]}")
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all").get_batch(
+            batch_parameters={"dataframe": df})
         self.chunks[name] += 1
         for exp in self.expectations[name]:
             res = batch.validate(exp, result_format="SUMMARY")
@@ -110,6 +112,8 @@ class ChunkValidator:
                                                   [0, []])
                 failed[0] += r.get("unexpected_count") or 0
                 failed[1].extend(r.get("partial_unexpected_list", [])[:3 - len(failed[1])])
+        del batch
+        self.ctx.data_sources.delete(source.name)
 
     def finish(self) -> dict[str, Any]:
         """Check what is left in the buffers (documents even when empty: there must be some), the ids; write
@@ -142,7 +146,7 @@ class ChunkValidator:
 
 
 def validate_outputs(outputs: dict[str, list[dict[str, Any]]], max_chars: int, result_file: Path,
-                     chunk_rows: int = 100_000, chunk_chars: int = 32_000_000) -> dict[str, Any]:
+                     chunk_rows: int = 100_000, chunk_chars: int = 8_000_000) -> dict[str, Any]:
     """Every expectation on outputs held in memory (tests, small data): the stage's checks, fed at once."""
     check = ChunkValidator(max_chars, result_file, chunk_rows, chunk_chars)
     for kind, records in outputs.items():
