@@ -5,7 +5,7 @@ past. Their rejected replies are drawn once every source has been read, from a p
 chosen replies per split: ``ReplyPool`` keeps that pool as a reservoir sample (Vitter's Algorithm R,
 https://en.wikipedia.org/wiki/Reservoir_sampling) of at most ``capacity`` replies, so memory is bounded
 by the capacity, not the corpus. While the pairs of a split fit the capacity (every profile in this repo:
-the default makes ~2,900 pairs), the pool is all of them in input order and the draws are exactly those
+the default makes 4,368 pairs), the pool is all of them in input order and the draws are exactly those
 of the unbounded version. Past it, each pair's negative is drawn uniformly from a uniform sample of the
 replies: the same distribution for a pair, only negatives repeat more often across pairs.
 """
