@@ -8,8 +8,9 @@ MinHash dedup removes. They go in as a ``path`` source with ``derive: true``, li
 
 Each stage runs as the pipeline runs it (``python -m stages.<name>`` in a scratch directory, MLflow on
 a scratch sqlite store, the repo's params.yaml with the paths of the scratch directory); peak RSS is
-the stage's process tree maximum (``os.wait4``), so it includes the ~0.4-0.6 GB of imports (torch,
-transformers, datatrove, MLflow) that every stage pays whatever the data.
+the stage's process tree maximum (``os.wait4``: the largest single process, datatrove's workers included),
+so it includes the ~0.25-0.45 GB of imports (torch, transformers, datatrove, MLflow, GX) that every stage
+pays whatever the data.
 
 Run: python bench/data_scale.py [--scales 1,10,100] [--base 0] [--workers 2]
 (--base N: N conversations at 1x instead of all 7,168, for a quicker run.)
@@ -64,16 +65,30 @@ def params_for(work: Path, workers: int) -> Path:
     return path
 
 
+# Linux keeps a process's peak RSS across exec (the old address space's high-water mark goes into the new
+# process's ru_maxrss), and subprocess forks or vforks from this bench process, which holds torch and a model
+# after the loader measurement: its RSS would show up as every later stage's peak. So each stage is forked
+# from this small launcher, whose own peak is a few MB, and the launcher reports the stage's rusage.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "stages." + sys.argv[1]])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def run_stage(stage: str, work: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB of the stage's process tree)."""
+    """(wall seconds, peak RSS in GB of the stage's process tree: the largest process, workers included)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / f"{stage}.log", "wb"))
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{stage} failed (exit {proc.returncode}); see {work / f'{stage}.log'}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1e6             # ru_maxrss is in KB on Linux
+    with open(work / f"{stage}.log", "wb") as log:
+        out = subprocess.run([sys.executable, "-c", LAUNCHER, stage], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=log, check=True, text=True).stdout.split()
+    code, max_rss_kb = int(out[-2]), int(out[-1])                      # ru_maxrss is in KB on Linux
+    if code:
+        raise SystemExit(f"{stage} failed (exit {code}); see {work / f'{stage}.log'}")
+    return time.perf_counter() - t0, max_rss_kb / 1e6
 
 
 def loader_vs_model(tokens: Path, steps: int = 8, batches: int = 400) -> tuple[float, float]:

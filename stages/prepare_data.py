@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 
 from chatforge.core.config import load_config
-from chatforge.core.files import InputError, write_jsonl
+from chatforge.core.files import InputError
 from chatforge.core.tracking import setup_logging, stage_run
-from chatforge.data.ingest import PrepareDataConfig, ingest, untracked_path_sources
+from chatforge.data.ingest import PrepareDataConfig, ingest_to_files, untracked_path_sources
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                          "DVC would not re-run the stage when they change; move (or `dvc add`) them into it, or "
                          "point inputs_dir at a folder that holds them (symlinks are not followed by DVC)")
     with stage_run("prepare_data", cfg) as run:
-        result = ingest(pd, cfg.seed)
-        for kind, records in result.records.items():
-            write_jsonl(pd.output_dir / f"{kind}.jsonl", records)
-        write_jsonl(pd.rejects, result.rejected)
-        counts = result.counts()
+        counts = ingest_to_files(pd, cfg.seed).report()      # streams: records go to the files as they are read
         run.report(pd.report, counts)
         run.log_artifact(pd.rejects, "rejected")
         log.info("prepare_data: %d records in, %d accepted, %d rejected (see %s)", counts["records_in"],

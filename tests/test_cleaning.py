@@ -9,6 +9,7 @@ import pytest
 from chatforge.data.cleaning.boilerplate import Boilerplate, BoilerplateConfig
 from chatforge.data.cleaning.dedup import DedupConfig
 from chatforge.data.cleaning.pii import redact, valid_id_card
+from chatforge.core.files import read_jsonl
 from chatforge.data.cleaning.pipeline import CleaningConfig, clean_documents, clean_records
 
 ZH_ARTICLE = [
@@ -228,6 +229,76 @@ def test_stage_end_to_end_and_validation_failure(tmp_path, monkeypatch, mlflow_u
 # --------------------------------------------------------------------------------------------
 # The documents path on datatrove executors: shards, workers, Slurm and Ray by params
 # --------------------------------------------------------------------------------------------
+
+def test_chunked_validation_counts_add_up_and_catch_a_failure_in_any_chunk(tmp_path):
+    from chatforge.data.cleaning.validate import ChunkValidator, ValidationFailed, validate_outputs
+
+    docs = [{"id": f"d{i}", "text": f"document number {i}"} for i in range(7)]
+    convs = [{"id": f"c{i}", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+             for i in range(4)]
+    prefs = [{"id": "p", "prompt": [], "chosen": "a", "rejected": "b"}]
+    check = ChunkValidator(1000, tmp_path / "gx.json", chunk_rows=3)
+    for kind, records in (("documents", docs), ("conversations", convs), ("preferences", prefs), ("prompts", [])):
+        for record in records:
+            check.add(kind, record)
+    summary = check.finish()
+    # documents 7 rows -> chunks of 3, 3, 1 (4 expectations each); messages 8 rows, 2 a record -> chunks of 4, 4
+    # (a chunk closes after the record that fills it; 3 each); preferences 1 chunk (2); the exact id check
+    assert check.counts() == {"records": 12, "rows": {"documents": 7, "messages": 8, "preferences": 1},
+                              "chunks": {"documents": 3, "messages": 2, "preferences": 1}}
+    assert summary == {"evaluated": 3 * 4 + 2 * 3 + 2 + 1, "successful": 21, "success": True}
+    assert len(json.loads((tmp_path / "gx.json").read_text())["documents"]) == 3 * 4
+    by_chars = ChunkValidator(1000, tmp_path / "gx.json", chunk_rows=1000, chunk_chars=30)
+    for record in docs:                                          # 17 characters each: a chunk closes every 2
+        by_chars.add("documents", record)
+    assert by_chars.finish()["success"] and by_chars.counts()["chunks"]["documents"] == 4
+
+    # leaked e-mails in the first and the last chunk, and an id repeated three chunks apart: all counted
+    docs[1]["text"] = docs[6]["text"] = "mail leak@example.com"
+    with pytest.raises(ValidationFailed) as err:
+        validate_outputs({"documents": docs + [{"id": "d0", "text": "again"}], "conversations": [],
+                          "preferences": [], "prompts": []}, 1000, tmp_path / "gx.json", chunk_rows=3)
+    message = str(err.value)
+    assert "documents: ExpectColumnValuesToNotMatchRegexList(text) failed on 2 rows" in message
+    assert "ids: ExpectColumnValuesToBeUnique(key) failed on 1 rows, e.g. ['documents/d0']" in message
+
+
+def test_the_streaming_driver_writes_what_clean_all_returns(tmp_path):
+    """clean_to_files (the stage: records stream to the files, validated in chunks of 2 rows) against clean_all
+    holding every result in memory, on raw data with a duplicate document, PII and a dropped preference."""
+    from chatforge.data.cleaning.executor import ExecutorConfig
+    from chatforge.data.cleaning.pipeline import CleanDataConfig, clean_all, clean_to_files
+    from chatforge.data.cleaning.validate import ChunkValidator
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write = lambda name, recs: (raw / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    write("documents.jsonl", [{"id": f"f{i}", "text": t, "split": "train"} for i, t in enumerate(FILLERS)]
+          + [{"id": "dup", "text": FILLERS[0], "split": "train"}])
+    msgs = lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "sure, x@y.com"}]
+    write("conversations.jsonl", [{"id": f"c{i}", "split": "train", "messages": msgs(["why", "how", "when"][i % 3])}
+                                  for i in range(5)])
+    write("preferences.jsonl", [{"id": "p1", "split": "train", "prompt": msgs("hi")[:1], "chosen": "a  b",
+                                 "rejected": "a b"}, {"id": "p2", "split": "train", "prompt": msgs("hi")[:1],
+                                                      "chosen": "hello", "rejected": "bye"}])
+    write("prompts.jsonl", [{"id": "q1", "split": "train", "messages": msgs("hi")[:1]}])
+    cfg = lambda out: CleanDataConfig(input_dir=raw, output_dir=out / "clean", rejects=out / "rejected.jsonl",
+                                      executor=ExecutorConfig(tasks=1, workers=1, work_dir=out / "work"))
+    memory = clean_all(cfg(tmp_path / "memory"))
+    check = ChunkValidator(1_000_000, tmp_path / "gx.json", chunk_rows=2)
+    streamed, summary = clean_to_files(cfg(tmp_path / "streamed"), check)
+    assert summary["success"] and check.counts()["chunks"]["documents"] == 2
+    for kind, result in memory.items():
+        assert read_jsonl(tmp_path / "streamed" / "clean" / f"{kind}.jsonl") == result.kept
+        assert streamed[kind].stats() == result.stats() and streamed[kind].records_out == len(result.kept)
+    assert read_jsonl(tmp_path / "streamed" / "rejected.jsonl") == [
+        r.to_json() for kind in memory for r in memory[kind].rejected]
+    assert [(r["record"]["id"], r["reason"]) for r in read_jsonl(tmp_path / "streamed" / "rejected.jsonl")] == [
+        ("dup", "exact_duplicate"), ("c3", "exact_duplicate"), ("c4", "exact_duplicate"),
+        ("p1", "chosen_equals_rejected_after_cleaning")]
+    kept = sum(r.records_out for r in streamed.values())
+    assert check.counts()["records"] == kept == 4 + 3 + 1 + 1 and check.counts()["rows"]["documents"] == 4
+
 
 FILLERS = [
     "The river flows past the old mill, and the children like to watch the water turn the wheel. In the summer "

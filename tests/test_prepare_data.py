@@ -65,6 +65,60 @@ def test_several_prompts_and_pairs_per_conversation_stay_in_one_split():
             assert all(m[-1]["role"] == "user" for m in ends) and len({len(m) for m in ends}) == len(cuts)
 
 
+def test_streaming_to_files_writes_what_ingest_returns(tmp_path):
+    """The stage's streaming path (records to files as they are read) against the in-memory result."""
+    from chatforge.data.ingest import ingest_to_files
+
+    cfg = config(SourceConfig(kind="chitchat", limit=300), output_dir=tmp_path / "raw", rejects=tmp_path / "rej.jsonl")
+    expected = ingest(cfg, seed=3)
+    counts = ingest_to_files(cfg, seed=3).report()
+    assert counts == expected.counts()
+    for kind, records in expected.records.items():
+        assert read_jsonl(tmp_path / "raw" / f"{kind}.jsonl") == records
+    assert read_jsonl(tmp_path / "rej.jsonl") == [r.to_json() for r in expected.rejected]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [f"{k}.jsonl" for k in sorted(expected.records)]
+
+
+def test_next_reply_pool_past_its_capacity_still_pairs_every_reply_with_another_conversation():
+    cfg = lambda pool: config(SourceConfig(kind="chitchat", limit=400), pairs_per_conversation=4, reply_pool=pool)
+    full, bounded = ingest(cfg(100_000), seed=1), ingest(cfg(40), seed=1)
+    prefs, small = full.records["preferences"], bounded.records["preferences"]
+    assert len(prefs) > 100                                               # the pool of 40 is far smaller
+    # the same pairs in the same order, only the rejected replies differ, each from a pool of 40 per split
+    assert [(p["id"], p["chosen"]) for p in small] == [(p["id"], p["chosen"]) for p in prefs]
+    assert sum(a["rejected"] != b["rejected"] for a, b in zip(prefs, small)) > len(prefs) // 2
+    reply_conv = {p["chosen"]: p["id"].split("#")[0] for p in prefs}
+    drawn = {split: {p["rejected"] for p in small if p["split"] == split} for split in ("train", "validation")}
+    assert 10 < len(drawn["train"]) <= 40 and len(drawn["validation"]) <= 40
+    for p in small:
+        assert p["rejected"] != p["chosen"] and reply_conv.get(p["rejected"]) != p["id"].split("#")[0]
+
+
+def test_reply_pool_is_a_uniform_reservoir():
+    import random
+
+    from chatforge.data.negatives import ReplyPool
+
+    hits = [0] * 100
+    for trial in range(2000):
+        pool = ReplyPool(10, random.Random(trial))
+        for i in range(100):
+            pool.add(f"c{i}", f"r{i}")
+        assert len(pool.items) == 10 and pool.seen == 100
+        for conv, _ in pool.items:
+            hits[int(conv[1:])] += 1
+    assert min(hits) > 120 and max(hits) < 290          # each reply kept with p = 0.1: ~200 of 2,000 (sd 13)
+
+
+def test_seen_ids_are_exact_across_merges():
+    from chatforge.data.seen import SeenIds
+
+    seen = SeenIds(buffer=7)                      # merges into the sorted array every 7 new ids
+    assert all(seen.add(f"id-{i}") for i in range(100))
+    assert not any(seen.add(f"id-{i}") for i in range(100)) and len(seen) == 100
+    assert seen.add("id-100") and not seen.add("id-100")
+
+
 def test_every_file_format(tmp_path):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)

@@ -200,38 +200,111 @@ KILLER = textwrap.dedent("""
     from chatforge.train.pretrain import PretrainConfig, pretrain
 
     class KillAt(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            print(f"rank {os.environ.get('RANK', '0')} starts after step {state.global_step}", flush=True)
+
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == int(sys.argv[3]):
                 os.kill(os.getpid(), signal.SIGKILL)       # no cleanup, like an OOM kill or a power cut
 
     cfg = build_dataclass(PretrainConfig, json.loads(sys.argv[1]))
-    pretrain(cfg, build_dataclass(ModelConfig, json.loads(sys.argv[2])), seed=0, callbacks=[KillAt()])
+    result = pretrain(cfg, build_dataclass(ModelConfig, json.loads(sys.argv[2])), seed=0, callbacks=[KillAt()])
+    if result.report:                                      # rank 0
+        Path(cfg.report).write_text(json.dumps(result.report))
 """)
 
+# The corpus fixture holds 225 train blocks of 32 tokens: 56 micro-batches of 4 (drop_last), 28 optimizer
+# steps of 8 blocks per epoch. 36 steps cross into the second epoch, whose order the sampler draws anew
+# (seed + epoch), so a resume there must restore the epoch as well as the offset within it.
+RESUME_STEPS, STEPS_PER_EPOCH = 36, 28
 
-def test_sigkill_then_rerun_resumes_to_the_same_final_loss(tmp_path, corpus, tiny_model_config, mlflow_uri):
+
+def resume_config(root: Path, corpus, **overrides) -> PretrainConfig:
+    """Every step's loss logged (logging_steps=1): the loss of a step is a fingerprint of its batch."""
+    return tiny_config(root, corpus, max_tokens=RESUME_STEPS * 8 * 32, logging_steps=1, **overrides)
+
+
+def loss_curve(path: Path) -> list[tuple[int, float]]:
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return [(int(step), float(loss)) for step, loss, _ in rows]
+
+
+def run_killer(cfg: PretrainConfig, model_cfg, kill_at: int, nproc: int = 1) -> subprocess.CompletedProcess:
+    """pretrain() in a fresh process (or ``nproc`` under torchrun) that SIGKILLs itself after step ``kill_at``
+    (never when it is 0)."""
+    from chatforge.core.config import to_dict
+
+    script = cfg.report.parent / "killer.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(KILLER)
+    launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                   f"--nproc_per_node={nproc}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return subprocess.run([*launch, str(script), json.dumps(to_dict(cfg)), json.dumps(to_dict(model_cfg)),
+                           str(kill_at)], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus, tiny_model_config):
+    """The 36-step run that nothing interrupts: its per-step losses and final weights."""
+    cfg = resume_config(tmp_path_factory.mktemp("uninterrupted"), corpus)
+    report = pretrain(cfg, tiny_model_config, seed=0).report
+    assert report["steps"] == RESUME_STEPS and report["epochs"] > 1      # the run crosses an epoch boundary
+    return report, loss_curve(cfg.loss_curve), final_weights(cfg.output)
+
+
+def test_sigkill_then_rerun_resumes_at_the_exact_next_batch(tmp_path, corpus, tiny_model_config, uninterrupted,
+                                                            mlflow_uri):
     from chatforge.core.config import to_dict
     from stages.pretrain import main
 
-    reference = pretrain(tiny_config(tmp_path / "ref", corpus), tiny_model_config, seed=0).report
+    reference, ref_curve, ref_w = uninterrupted
+    assert len({loss for _, loss in ref_curve}) == RESUME_STEPS     # every step's batch gives its own loss
 
-    # killed after step 6: checkpoint-4 is the last complete one, steps 5-6 are lost
-    cfg = tiny_config(tmp_path / "killed", corpus)
-    proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(to_dict(cfg)), json.dumps(to_dict(tiny_model_config)),
-                           "6"], cwd=REPO, capture_output=True, text=True)
+    cfg = resume_config(tmp_path / "killed", corpus)
+    # killed after step 6 (first epoch): checkpoint-4 is the last complete one, steps 5-6 are lost
+    proc = run_killer(cfg, tiny_model_config, kill_at=6)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-4" and not cfg.output.exists()
+    # resumed from 4, killed again after step 34 (second epoch, 6 steps into it): checkpoint-32 is the last
+    proc = run_killer(cfg, tiny_model_config, kill_at=34)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert "rank 0 starts after step 4" in proc.stdout
+    assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-32" and not cfg.output.exists()
 
-    # the stage, run again as `dvc repro` would, resumes from checkpoint-4
+    # the stage, run again as `dvc repro` would, resumes from checkpoint-32 (epoch 1, 4 steps in)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"seed": 0, "model": to_dict(tiny_model_config), "pretrain": to_dict(cfg)}))
     main(["--params", str(params)])
     resumed = json.loads(cfg.report.read_text())
-    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == reference["steps"] == 16
-    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-4)
-    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-4)
-    ref_w, res_w = final_weights(tmp_path / "ref" / "base"), final_weights(cfg.output)
-    assert max(np.abs(ref_w[k] - res_w[k]).max() for k in ref_w) < 1e-4
+    assert resumed["resumed_from_step"] == 32 and resumed["steps"] == RESUME_STEPS
+    # Each step's loss (5 decimals) equals the uninterrupted run's: steps 5-32 were trained after the first
+    # resume and 33-36 after the second, each on the very batch the uninterrupted run took at that step.
+    assert loss_curve(cfg.loss_curve) == ref_curve
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    res_w = final_weights(cfg.output)
+    assert max(np.abs(ref_w[k] - res_w[k]).max() for k in ref_w) < 1e-5
+
+
+def test_two_processes_killed_resume_on_the_one_process_curve(tmp_path, corpus, tiny_model_config, uninterrupted):
+    """torchrun, 2 processes (gloo): both ranks SIGKILLed after step 30 (second epoch), then resumed."""
+    reference, ref_curve, ref_w = uninterrupted
+    cfg = resume_config(tmp_path / "two", corpus)                   # 2 ranks x 4 blocks, no accumulation
+    proc = run_killer(cfg, tiny_model_config, kill_at=30, nproc=2)
+    assert proc.returncode != 0 and not cfg.output.exists(), proc.stderr[-3000:]
+    assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-28"
+    proc = run_killer(cfg, tiny_model_config, kill_at=0, nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 starts after step 28" in proc.stdout and "rank 1 starts after step 28" in proc.stdout
+    two = json.loads(cfg.report.read_text())
+    assert two["resumed_from_step"] == 28 and two["steps"] == RESUME_STEPS
+    # 2 ranks x 4 blocks reduce in another order than 1 process x 2 micro-batches: equal within float error
+    curve = loss_curve(cfg.loss_curve)
+    assert [s for s, _ in curve] == [s for s, _ in ref_curve]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(curve, ref_curve)) < 1e-4
+    w2 = final_weights(cfg.output)
+    assert max(np.abs(ref_w[k] - w2[k]).max() for k in ref_w) < 1e-4
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, corpus, tiny_model_config, mlflow_uri):

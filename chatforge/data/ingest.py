@@ -23,20 +23,26 @@ is the same on every machine. Every record also gets its split from a seeded has
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import itertools
 import json
 import logging
 import os
 import random
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from chatforge.core.config import field_help
-from chatforge.core.files import InputError, Rejected, iter_jsonl
+from chatforge.core.files import InputError, Rejected, atomic_open, iter_jsonl
+from chatforge.data.negatives import ReplyPool, conversation_of, fill_rejected
 from chatforge.data.records import KINDS, RecordError, RecordKind, guess_kind, normalize
+from chatforge.data.seen import SeenIds
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,9 @@ class PrepareDataConfig:
     uses: UseFractions = field_help(UseFractions(), "how derived conversations are dealt out")
     pairs_per_conversation: int = field_help(2, "next-reply preference pairs cut from each conversation")
     prompts_per_conversation: int = field_help(1, "RL / evaluation prompts cut from each conversation")
+    reply_pool: int = field_help(100_000, "next-reply pairs: their rejected replies are drawn from a seeded "
+                                          "reservoir of at most this many chosen replies per split (memory "
+                                          "bound; all of them while they fit, see chatforge/data/negatives.py)")
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -100,6 +109,8 @@ class PrepareDataConfig:
             raise ValueError("'validation_fraction' must be in [0, 1)")
         if self.pairs_per_conversation < 1 or self.prompts_per_conversation < 1:
             raise ValueError("'pairs_per_conversation' and 'prompts_per_conversation' must be >= 1")
+        if self.reply_pool < 2:
+            raise ValueError("'reply_pool' must be >= 2")
 
 
 def untracked_path_sources(cfg: PrepareDataConfig) -> list[str]:
@@ -259,57 +270,56 @@ def derive_records(conv: dict[str, Any], use: RecordKind, rng: random.Random, so
             for cut in cuts]
 
 
-def fill_rejected(pairs: list[dict[str, Any]], pool: list[str], rng: random.Random) -> list[dict[str, Any]]:
-    """Next-reply pairs: the rejected reply is a real reply drawn from another conversation.
-
-    ``pool`` holds candidate replies as "conversation id\x00reply". Returns the pairs that could
-    not be filled (no reply from another conversation exists), for the rejects file.
-
-    The draw is uniform over the pool less the pair's own conversation and its own reply text, the
-    same draw as ``rng.choice`` of that filtered list, but found by skipping the excluded positions
-    (indexed once) instead of filtering the pool per pair, which was quadratic in the number of pairs.
-    """
-    by_conv: dict[str, list[int]] = {}
-    by_text: dict[str, list[int]] = {}
-    for i, c in enumerate(pool):
-        conv, reply = c.split("\x00", 1)
-        by_conv.setdefault(conv, []).append(i)
-        by_text.setdefault(reply.strip(), []).append(i)
-    unfilled = []
-    for pair in pairs:
-        excluded = sorted(set(by_conv.get(pair["id"].split("#")[0], ())) | set(by_text.get(pair["chosen"].strip(), ())))
-        n = len(pool) - len(excluded)
-        if n <= 0:
-            unfilled.append(pair)
-            continue
-        k = rng.randrange(n)            # == rng.choice(filtered)'s index draw (random.Random._randbelow)
-        for e in excluded:              # the k-th position not excluded
-            if e <= k:
-                k += 1
-            else:
-                break
-        pair["rejected"] = pool[k].split("\x00", 1)[1]
-    return unfilled
-
-
 # --------------------------------------------------------------------------------------------
 # The whole ingest
 # --------------------------------------------------------------------------------------------
 
+class Sink(Protocol):
+    """Where ``ingest_into`` puts records as they are made: a writer per kind, or lists (``ingest``)."""
+
+    def write(self, kind: str, record: dict[str, Any]) -> None: ...
+
+    def reject(self, rejected: Rejected) -> None: ...
+
+
+@dataclass
+class IngestCounts:
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)     # label -> {"in", "accepted", "rejected"}
+    outputs: dict[str, Counter] = field(default_factory=lambda: {kind: Counter() for kind in KINDS})
+    rejected: int = 0
+    derived_rejected: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {"records_in": sum(s["in"] for s in self.sources.values()),
+                "records_accepted": sum(s["accepted"] for s in self.sources.values()),
+                "records_rejected": self.rejected, "derived_rejected": self.derived_rejected,
+                "sources": self.sources,
+                "outputs": {kind: {split: c[split] for split in ("train", "validation")}
+                            for kind, c in self.outputs.items()}}
+
+
 @dataclass
 class Ingested:
+    """``ingest``'s result in memory (tests and small inputs)."""
+
     records: dict[str, list[dict[str, Any]]]          # kind -> records, each with a "split" field
     rejected: list[Rejected]
-    sources: dict[str, dict[str, int]]                # label -> {"in", "accepted", "rejected"}
+    stats: IngestCounts
 
     def counts(self) -> dict[str, Any]:
-        outputs = {kind: {split: sum(r["split"] == split for r in recs) for split in ("train", "validation")}
-                   for kind, recs in self.records.items()}
-        total_in = sum(s["in"] for s in self.sources.values())
-        accepted = sum(s["accepted"] for s in self.sources.values())
-        derived = sum(r.source == DERIVED for r in self.rejected)
-        return {"records_in": total_in, "records_accepted": accepted, "records_rejected": len(self.rejected) - derived,
-                "derived_rejected": derived, "sources": self.sources, "outputs": outputs}
+        return self.stats.report()
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.records: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        self.rejected: list[Rejected] = []
+
+    def write(self, kind: str, record: dict[str, Any]) -> None:
+        self.records[kind].append(record)
+
+    def reject(self, rejected: Rejected) -> None:
+        self.rejected.append(rejected)
 
 
 def _source_items(src: SourceConfig) -> Iterator[tuple[str, Item]]:
@@ -330,67 +340,108 @@ def _source_items(src: SourceConfig) -> Iterator[tuple[str, Item]]:
         yield pair
 
 
-def _fill_next_reply_pairs(out: dict[str, list[dict[str, Any]]], rejected: list[Rejected], seed: int) -> None:
-    """Draw each derived pair's rejected reply from the same split (both splits if one is too small)."""
-    derived = [p for p in out["preferences"] if p["rejected"] is None]
-    everything = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in derived]
-    for split in ("train", "validation"):
-        pairs = [p for p in derived if p["split"] == split]
-        pool = [f"{p['id'].split('#')[0]}\x00{p['chosen']}" for p in pairs]
-        if len({c.split("\x00")[0] for c in pool}) < 2:
-            pool = everything
-        for pair in fill_rejected(pairs, pool, random.Random(f"{seed}:{split}")):
-            out["preferences"].remove(pair)
-            rejected.append(Rejected(DERIVED, 0, "no reply from another conversation to use as 'rejected'", pair))
-
-
 def ingest(cfg: PrepareDataConfig, seed: int) -> Ingested:
-    """Read every source and sort its records into uses and splits (pure apart from reading)."""
-    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
-    rejected: list[Rejected] = []
-    stats: dict[str, dict[str, int]] = {}
-    seen_ids: set[tuple[str, str]] = set()
+    """Every record in memory: ``ingest_into`` with lists for a sink."""
+    sink = _ListSink()
+    with tempfile.TemporaryDirectory(prefix="chatforge-ingest-") as tmp:
+        stats = ingest_into(cfg, seed, sink, Path(tmp))
+    return Ingested(sink.records, sink.rejected, stats)
+
+
+def ingest_into(cfg: PrepareDataConfig, seed: int, sink: Sink, spill_dir: Path) -> IngestCounts:
+    """Read every source and sort its records into uses and splits, streaming: each record goes to ``sink``
+    as it is made, so memory does not grow with the corpus, except for 8 bytes per accepted id (``SeenIds``:
+    ids stay unique across sources) and the bounded reply pools of the next-reply pairs.
+
+    Derived next-reply pairs wait in a spill file under ``spill_dir`` until every source has been read (their
+    rejected reply is drawn from the pairs of the whole split), then follow the other records, in input order.
+    """
+    stats = IngestCounts()
+    seen = SeenIds()
     rng = random.Random(seed)
-    for src in cfg.sources:
-        st = stats.setdefault(src.label, {"in": 0, "accepted": 0, "rejected": 0})
-        derive = src.derive or src.kind == "chitchat"
-        for where, (line, raw) in _source_items(src):
-            st["in"] += 1
-            if isinstance(raw, Rejected):
-                rejected.append(raw)
-                st["rejected"] += 1
-                continue
-            try:
-                if src.text_field != "text" and src.text_field in raw:
-                    raw = {**raw, "text": raw[src.text_field]}
-                kind = src.data_kind if src.data_kind != "auto" else (
-                    "conversations" if derive else guess_kind(raw))
-                if kind is None:
-                    raise RecordError("cannot tell the record's kind (no 'text', 'messages', 'prompt' or "
-                                      "'chosen'/'rejected' field); set data_kind on the source")
-                if derive and kind != "conversations":
-                    raise RecordError(f"source has derive: true but the record is a {kind[:-1]}")
-                rec = normalize(kind, raw, src.label)
-                if (kind, rec["id"]) in seen_ids:
-                    raise RecordError(f"duplicate id '{rec['id']}' in {kind}")
-                seen_ids.add((kind, rec["id"]))
-                if derive:
-                    use = assign_use(seed, rec["id"], cfg.uses)
-                    new = derive_records(rec, use, rng, src.label, cfg.pairs_per_conversation,
-                                         cfg.prompts_per_conversation)
-                else:
-                    use, new = kind, [rec]
-                split = assign_split(seed, rec["id"], cfg.validation_fraction)   # by conversation id
-            except RecordError as err:
-                rejected.append(Rejected(where, line, str(err), raw))
-                st["rejected"] += 1
-                continue
-            for r in new:
-                r["split"] = split
-            out[use].extend(new)
-            st["accepted"] += 1
-    _fill_next_reply_pairs(out, rejected, seed)
-    for kind, recs in out.items():
-        log.info("%s: %d train, %d validation", kind, sum(r["split"] == "train" for r in recs),
-                 sum(r["split"] == "validation" for r in recs))
-    return Ingested(out, rejected, stats)
+    pools = {split: ReplyPool(cfg.reply_pool, random.Random(f"{seed}:pool:{split}")) for split in ("train", "validation")}
+    everything = ReplyPool(cfg.reply_pool, random.Random(f"{seed}:pool:all"))
+    spill = spill_dir / "next-reply-pairs.jsonl.gz"
+    with gzip.open(spill, "wt", encoding="utf-8", compresslevel=1) as pending:
+        for src in cfg.sources:
+            st = stats.sources.setdefault(src.label, {"in": 0, "accepted": 0, "rejected": 0})
+            derive = src.derive or src.kind == "chitchat"
+            for where, (line, raw) in _source_items(src):
+                st["in"] += 1
+                if isinstance(raw, Rejected):
+                    sink.reject(raw)
+                    st["rejected"] += 1
+                    continue
+                try:
+                    if src.text_field != "text" and src.text_field in raw:
+                        raw = {**raw, "text": raw[src.text_field]}
+                    kind = src.data_kind if src.data_kind != "auto" else (
+                        "conversations" if derive else guess_kind(raw))
+                    if kind is None:
+                        raise RecordError("cannot tell the record's kind (no 'text', 'messages', 'prompt' or "
+                                          "'chosen'/'rejected' field); set data_kind on the source")
+                    if derive and kind != "conversations":
+                        raise RecordError(f"source has derive: true but the record is a {kind[:-1]}")
+                    rec = normalize(kind, raw, src.label)
+                    if not seen.add(f"{kind}\x00{rec['id']}"):
+                        raise RecordError(f"duplicate id '{rec['id']}' in {kind}")
+                    if derive:
+                        use = assign_use(seed, rec["id"], cfg.uses)
+                        new = derive_records(rec, use, rng, src.label, cfg.pairs_per_conversation,
+                                             cfg.prompts_per_conversation)
+                    else:
+                        use, new = kind, [rec]
+                    split = assign_split(seed, rec["id"], cfg.validation_fraction)   # by conversation id
+                except RecordError as err:
+                    sink.reject(Rejected(where, line, str(err), raw))
+                    st["rejected"] += 1
+                    continue
+                st["accepted"] += 1
+                for r in new:
+                    r["split"] = split
+                    if use == "preferences" and r["rejected"] is None:      # a derived pair: drawn later
+                        pools[split].add(conversation_of(r), r["chosen"])
+                        everything.add(conversation_of(r), r["chosen"])
+                        pending.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    else:
+                        sink.write(use, r)
+                        stats.outputs[use][split] += 1
+    stats.rejected = sum(s["rejected"] for s in stats.sources.values())
+    with gzip.open(spill, "rt", encoding="utf-8") as pending:
+        for pair, filled in fill_rejected((json.loads(line) for line in pending), pools, everything, seed):
+            if filled:
+                sink.write("preferences", pair)
+                stats.outputs["preferences"][pair["split"]] += 1
+            else:
+                sink.reject(Rejected(DERIVED, 0, "no reply from another conversation to use as 'rejected'", pair))
+                stats.derived_rejected += 1
+    for kind, counts in stats.outputs.items():
+        log.info("%s: %d train, %d validation", kind, counts["train"], counts["validation"])
+    if max(p.seen for p in pools.values()) > cfg.reply_pool:
+        log.info("next-reply pairs: rejected replies drawn from a reservoir of %d replies per split (of %s)",
+                 cfg.reply_pool, {split: p.seen for split, p in pools.items()})
+    return stats
+
+
+class _FileSink:
+    """One open JSONL file per kind and one for the rejects (each from ``atomic_open``)."""
+
+    def __init__(self, files: dict[str, IO[str]], rejects: IO[str]) -> None:
+        self.files, self.rejects = files, rejects
+
+    def write(self, kind: str, record: dict[str, Any]) -> None:
+        self.files[kind].write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def reject(self, rejected: Rejected) -> None:
+        self.rejects.write(json.dumps(rejected.to_json(), ensure_ascii=False) + "\n")
+
+
+def ingest_to_files(cfg: PrepareDataConfig, seed: int) -> IngestCounts:
+    """``ingest_into`` writing ``output_dir/<kind>.jsonl`` and ``rejects`` as records arrive; each file is
+    renamed into place only when the whole ingest succeeded (a failed or killed run leaves the old files)."""
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        files = {kind: stack.enter_context(atomic_open(cfg.output_dir / f"{kind}.jsonl")) for kind in KINDS}
+        rejects = stack.enter_context(atomic_open(cfg.rejects))
+        spill = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".prepare_data-", dir=cfg.output_dir)))
+        return ingest_into(cfg, seed, _FileSink(files, rejects), spill)

@@ -25,17 +25,19 @@ normalisation, PII placeholders, exact dedup.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import heapq
 import json
 import logging
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from datatrove.pipeline.dedup import (
     ExactDedupFilter,
@@ -48,7 +50,7 @@ from datatrove.pipeline.dedup import (
 from datatrove.utils.stats import MetricStats
 
 from chatforge.core.config import field_help
-from chatforge.core.files import InputError, Rejected, read_jsonl, write_jsonl
+from chatforge.core.files import InputError, Rejected, atomic_open, iter_records, write_jsonl
 from chatforge.data.cleaning.blocks import (
     ENTITIES_STAT,
     LINES_STAT,
@@ -71,6 +73,7 @@ from chatforge.data.cleaning.filters import QualityConfig, build_filters
 from chatforge.data.cleaning.pii import redact
 from chatforge.data.cleaning.text import normalize_text
 from chatforge.data.records import KINDS
+from chatforge.data.seen import SeenIds
 
 log = logging.getLogger(__name__)
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
@@ -89,6 +92,9 @@ class CleaningConfig:
 
 @dataclass
 class CleanResult:
+    """Counts of one record kind's cleaning, and its kept and rejected records: in the lists, or, when
+    ``keep_to`` / ``reject_to`` are given (the stage, streaming), handed to them one at a time instead."""
+
     kept: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)
@@ -97,15 +103,28 @@ class CleanResult:
     entities: int = 0
     duplicates: int = 0
     records_in: int = 0
+    records_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    keep_to: Callable[[dict[str, Any]], None] | None = None
+    reject_to: Callable[[Rejected], None] | None = None
+
+    def keep(self, record: dict[str, Any], size: int) -> None:
+        self.records_out += 1
+        self.bytes_out += size
+        (self.keep_to or self.kept.append)(record)
 
     def drop(self, record: dict[str, Any], source: str, reason: str) -> None:
         self.drops[reason] += 1
-        self.rejected.append(Rejected(source, 0, reason, record))
+        self.duplicates += reason in DUPLICATE_REASONS
+        (self.reject_to or self.rejected.append)(Rejected(source, 0, reason, record))
+
+    @property
+    def records_dropped(self) -> int:
+        return sum(self.drops.values())
 
     def stats(self) -> dict[str, Any]:
-        return {"in": self.records_in, "out": len(self.kept), "bytes": {"in": self.bytes_in, "out": self.bytes_out},
+        return {"in": self.records_in, "out": self.records_out, "bytes": {"in": self.bytes_in, "out": self.bytes_out},
                 "drops": dict(self.drops), "pii": dict(self.pii), "duplicates": self.duplicates,
                 "boilerplate_lines": dict(self.boilerplate_lines), "entities": self.entities}
 
@@ -183,9 +202,28 @@ def _prefixed(counts: Counter, prefix: str) -> dict[str, int]:
     return {key[len(prefix):]: int(n) for key, n in counts.items() if key.startswith(prefix)}
 
 
-def collect(work: Path, clean_steps: list, tasks: int, source: str) -> CleanResult:
-    """A CleanResult from what the pipelines left in ``work``: kept shards, rejects and stats."""
-    result = CleanResult()
+def merged_rejects(folder: Path) -> Iterator[dict[str, Any]]:
+    """RejectsWriter's rows (``folder/<step>/<rank>.jsonl.gz``) in input order, streamed: each file is in input
+    order already (a task reads its part of the input in order), so a k-way merge on the offset replaces a
+    global sort; memory is one row per file."""
+    def rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+        last = -1
+        with gzip.open(file, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if row["offset"] <= last:
+                    raise RuntimeError(f"{file}: rejects out of input order (offset {row['offset']} after {last})")
+                last = row["offset"]
+                yield row["offset"], row
+
+    for _, row in heapq.merge(*(rows(f) for f in sorted(folder.glob("*/*.jsonl.gz"))), key=lambda item: item[0]):
+        yield row
+
+
+def collect(work: Path, clean_steps: list, tasks: int, source: str, result: CleanResult | None = None) -> CleanResult:
+    """A CleanResult from what the pipelines left in ``work``: kept shards in task order (which is input order),
+    rejects in input order, and the stats; records stream through ``result``'s keep/drop."""
+    result = result or CleanResult()
     stats = task_stats(work / "logs" / "clean")
     for step in clean_steps:
         counts = stats.get(str(step), Counter())
@@ -200,18 +238,12 @@ def collect(work: Path, clean_steps: list, tasks: int, source: str) -> CleanResu
     reader = ShardReader(work / "kept")
     for rank in range(tasks):
         for doc in reader.run(rank=rank, world_size=tasks):
-            result.kept.append(output_record(doc))
-            result.bytes_out += _size(doc.text)
-    rows = []
-    for file in sorted((work / "rejected").glob("*/*.jsonl.gz")):          # RejectsWriter's files
-        with gzip.open(file, "rt", encoding="utf-8") as fh:
-            rows.extend(json.loads(line) for line in fh)
-    for row in sorted(rows, key=lambda r: r["offset"]):                   # input order
+            result.keep(output_record(doc), _size(doc.text))
+    for row in merged_rejects(work / "rejected"):
         result.drop(row["record"], source, row["reason"])
-        result.duplicates += row["reason"] in DUPLICATE_REASONS
-    if result.records_in != len(result.kept) + len(result.rejected):
-        raise RuntimeError(f"clean_data lost documents: {result.records_in} read, {len(result.kept)} kept, "
-                           f"{len(result.rejected)} rejected (datatrove logs in {work / 'logs'})")
+    if result.records_in != result.records_out + result.records_dropped:
+        raise RuntimeError(f"clean_data lost documents: {result.records_in} read, {result.records_out} kept, "
+                           f"{result.records_dropped} rejected (datatrove logs in {work / 'logs'})")
     return result
 
 
@@ -231,7 +263,7 @@ def prepare_work_dir(executor: ExecutorConfig) -> Path:
 
 
 def clean_document_files(inputs: list[Path], cfg: CleaningConfig, executor: ExecutorConfig,
-                         source: str = "") -> CleanResult:
+                         source: str = "", result: CleanResult | None = None) -> CleanResult:
     """Documents of JSONL files ({"id", "text", ...}) through the datatrove pipelines on ``executor``."""
     for path in inputs:
         if not path.is_file():
@@ -242,7 +274,7 @@ def clean_document_files(inputs: list[Path], cfg: CleaningConfig, executor: Exec
     log.info("clean_data: %d datatrove pipelines (%s) on %s, %d tasks, %s workers; work dir %s", len(pipelines),
              " -> ".join(p.name for p in pipelines), executor.kind, executor.tasks, executor.workers, work)
     run_chain(chain, executor)
-    result = collect(work, pipelines[0].steps, executor.tasks, source)
+    result = collect(work, pipelines[0].steps, executor.tasks, source, result)
     if not executor.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -270,9 +302,11 @@ def _texts(kind: str, record: dict[str, Any]) -> list[str]:
     return [m["content"] for m in record["messages"]]
 
 
-def clean_records(kind: str, records: Iterable[dict[str, Any]], cfg: CleaningConfig, source: str = "") -> CleanResult:
-    """Conversations, preferences, prompts: normalise + PII placeholders + exact dedup."""
-    result, seen = CleanResult(), set()
+def clean_records(kind: str, records: Iterable[dict[str, Any]], cfg: CleaningConfig, source: str = "",
+                  result: CleanResult | None = None) -> CleanResult:
+    """Conversations, preferences, prompts: normalise + PII placeholders + exact dedup (global: 8 bytes a
+    kept record, see chatforge/data/seen.py)."""
+    result, seen = result or CleanResult(), SeenIds()
 
     def fix(text: str) -> str:
         text = normalize_text(text)
@@ -292,14 +326,10 @@ def clean_records(kind: str, records: Iterable[dict[str, Any]], cfg: CleaningCon
         if any(not t.strip() for t in _texts(kind, new)):
             result.drop(record, source, "empty_after_cleaning")
             continue
-        key = exact_hash("\x00".join(_texts(kind, new)))
-        if cfg.dedup.exact and key in seen:
-            result.duplicates += 1
+        if not seen.add(exact_hash("\x00".join(_texts(kind, new)))) and cfg.dedup.exact:
             result.drop(record, source, "exact_duplicate")
             continue
-        seen.add(key)
-        result.kept.append(new)
-        result.bytes_out += sum(_size(t) for t in _texts(kind, new))
+        result.keep(new, sum(_size(t) for t in _texts(kind, new)))
     return result
 
 
@@ -320,12 +350,49 @@ class CleanDataConfig:
                                                             "processes, Slurm or Ray (datatrove executors)")
 
 
-def clean_all(cfg: CleanDataConfig) -> dict[str, CleanResult]:
-    """Every record kind of ``cfg.input_dir``: documents through the datatrove pipelines, the rest in-process."""
-    others = {kind: read_jsonl(cfg.input_dir / f"{kind}.jsonl") for kind in KINDS if kind != "documents"}
-    results = {"documents": clean_document_files([cfg.input_dir / "documents.jsonl"], cfg.cleaning, cfg.executor,
-                                                 "documents")}
-    return results | {kind: clean_records(kind, records, cfg.cleaning, kind) for kind, records in others.items()}
+def clean_all(cfg: CleanDataConfig, results: dict[str, CleanResult] | None = None) -> dict[str, CleanResult]:
+    """Every record kind of ``cfg.input_dir``: documents through the datatrove pipelines, the rest in-process,
+    streamed record by record into ``results`` (new in-memory results when not given)."""
+    results = results or {kind: CleanResult() for kind in KINDS}
+    for kind in KINDS:
+        if not (cfg.input_dir / f"{kind}.jsonl").is_file():
+            raise InputError(f"{cfg.input_dir / f'{kind}.jsonl'}: no such file (run prepare_data first)")
+    clean_document_files([cfg.input_dir / "documents.jsonl"], cfg.cleaning, cfg.executor, "documents",
+                         results["documents"])
+    for kind in KINDS:
+        if kind != "documents":
+            clean_records(kind, iter_records(cfg.input_dir / f"{kind}.jsonl"), cfg.cleaning, kind, results[kind])
+    return results
+
+
+class OutputCheck(Protocol):
+    """What checks the outputs as they are written (validate.py's ChunkValidator): ``add`` each kept record,
+    then ``finish``, which raises when an expectation failed."""
+
+    def add(self, kind: str, record: dict[str, Any]) -> None: ...
+
+    def finish(self) -> dict[str, Any]: ...
+
+
+def clean_to_files(cfg: CleanDataConfig, check: OutputCheck) -> tuple[dict[str, CleanResult], dict[str, Any]]:
+    """``clean_all`` writing ``output_dir/<kind>.jsonl`` and ``rejects`` as records arrive, each kept record
+    checked on the way; the files are renamed into place only after ``check.finish()`` passed, so a failed
+    expectation (or a killed run) leaves the old outputs. Returns the results and the check's summary."""
+    with contextlib.ExitStack() as stack:
+        files = {kind: stack.enter_context(atomic_open(cfg.output_dir / f"{kind}.jsonl")) for kind in KINDS}
+        rejects = stack.enter_context(atomic_open(cfg.rejects))
+
+        def keeper(kind: str) -> Callable[[dict[str, Any]], None]:
+            def keep(record: dict[str, Any]) -> None:
+                check.add(kind, record)
+                files[kind].write(json.dumps(record, ensure_ascii=False) + "\n")
+            return keep
+
+        def reject(rejected: Rejected) -> None:
+            rejects.write(json.dumps(rejected.to_json(), ensure_ascii=False) + "\n")
+
+        results = clean_all(cfg, {kind: CleanResult(keep_to=keeper(kind), reject_to=reject) for kind in KINDS})
+        return results, check.finish()
 
 
 def clean_report(results: dict[str, CleanResult]) -> dict[str, Any]:
@@ -337,4 +404,4 @@ def clean_report(results: dict[str, CleanResult]) -> dict[str, Any]:
     return {"documents": {"in": docs["in"], "out": docs["out"]}, "bytes": docs["bytes"], "drops": dict(drops),
             "pii": dict(pii), "duplicates": sum(r.duplicates for r in results.values()),
             "boilerplate_lines": docs["boilerplate_lines"], "entities_decoded": docs["entities"],
-            "records": {k: {"in": r.records_in, "out": len(r.kept), "drops": dict(r.drops)} for k, r in results.items()}}
+            "records": {k: {"in": r.records_in, "out": r.records_out, "drops": dict(r.drops)} for k, r in results.items()}}
