@@ -171,7 +171,7 @@ def records(tmp: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (tmp / "remote" / "chatforge" / "stage-runs").glob("*.json")}
 
 
-def test_two_pools_two_clones_one_remote(cluster, capsys):
+def test_two_pools_two_clones_one_remote(cluster, capsys, pytestconfig):
     import mlflow
 
     from flows.cli import main
@@ -195,12 +195,13 @@ def test_two_pools_two_clones_one_remote(cluster, capsys):
     assert (cluster.tmp / "clone-gpu" / "data" / "clean" / "conversations.jsonl").exists()    # made on cpu
     assert not (root / "models").exists()                         # the flow's checkout holds only dvc.lock
     assert sorted(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == sorted(stages)
-    with capsys.disabled():                                       # shown with -s: where each stage ran
-        print(f"\nfirst run {first_run_s:.0f} s; bytes pushed {sum(r['bytes_pushed'] for r in ran.values())}, "
-              f"pulled {sum(r['bytes_pulled'] for r in ran.values())}")
-        for stage in stages:
-            print(f"  {stage:16s} {ran[stage]['pool']:4s} {ran[stage]['seconds']:6.1f} s  pulled "
-                  f"{ran[stage]['bytes_pulled']:>9d}  pushed {ran[stage]['bytes_pushed']:>9d}")
+    if pytestconfig.getoption("capture") == "no":                # with -s: where each stage ran
+        with capsys.disabled():
+            print(f"\nfirst run {first_run_s:.0f} s; bytes pushed {sum(r['bytes_pushed'] for r in ran.values())}, "
+                  f"pulled {sum(r['bytes_pulled'] for r in ran.values())}")
+            for stage in stages:
+                print(f"  {stage:16s} {ran[stage]['pool']:4s} {ran[stage]['seconds']:6.1f} s  pulled "
+                      f"{ran[stage]['bytes_pulled']:>9d}  pushed {ran[stage]['bytes_pushed']:>9d}")
     # the outputs are whole where they were made (the checks of tests/test_pipeline_e2e.py's local run)
     cpu = cluster.tmp / "clone-cpu"
     assert json.loads((cpu / "reports" / "prepare_data.json").read_text())["records_in"] == 300
