@@ -22,15 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.run_command import PREFECT_DEFAULTS  # noqa: E402
+from flows.run_command import PREFECT_DEFAULTS
 
 for key, value in PREFECT_DEFAULTS.items():
     os.environ.setdefault(key, value)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="chatforge-bench-prefect-"))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from tests.test_across_machines import Cluster, free_port, git, records, wait_http  # noqa: E402
-from tests.test_pipeline_e2e import copy_repo  # noqa: E402
+from tests.test_across_machines import Cluster, free_port, git, records, wait_http
+from tests.test_pipeline_e2e import copy_repo
 
 TRAINING = ("pretrain", "sft", "train_reward", "rlhf")
 MODES = {
@@ -69,6 +69,7 @@ def main() -> None:
                                str(tmp / "mlartifacts"), "--workers", "1"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     rows = []
+    per_stage: dict[str, list[dict]] = {}
     try:
         wait_http(f"http://127.0.0.1:{port}/health", server, "mlflow server")
         os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
@@ -89,8 +90,9 @@ def main() -> None:
                 finally:
                     cluster.stop()
                 seconds = time.monotonic() - started
-                done = records(folder).values() if placement else []
+                done = list(records(folder).values()) if placement else []
                 rows.append((mode, seconds, sum(r["bytes_pushed"] for r in done), sum(r["bytes_pulled"] for r in done)))
+                per_stage[mode] = done
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -102,6 +104,13 @@ def main() -> None:
     print(f"\n{'mode':24s} {'wall s':>8s} {'x in-process':>13s} {'bytes pushed':>13s} {'bytes pulled':>13s}")
     for mode, seconds, pushed, pulled in rows:
         print(f"{mode:24s} {seconds:8.1f} {seconds / base:13.2f} {pushed:13d} {pulled:13d}")
+    from flows.pipeline import dvc_stage_order
+
+    order = dvc_stage_order(REPO)
+    for mode, done in ((m, d) for m, d in per_stage.items() if d):   # in-process mode writes no records
+        print(f"\n{mode}: stage, pool, seconds on the worker (pull + dvc repro + push), bytes pulled, pushed")
+        for r in sorted(done, key=lambda r: order.index(r["stage"])):     # the remote's record names are run ids
+            print(f"  {r['stage']:16s} {r['pool']:4s} {r['seconds']:7.1f} {r['bytes_pulled']:10d} {r['bytes_pushed']:10d}")
 
 
 if __name__ == "__main__":
