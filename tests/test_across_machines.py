@@ -171,6 +171,7 @@ def records(tmp: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (tmp / "remote" / "chatforge" / "stage-runs").glob("*.json")}
 
 
+@pytest.mark.slow          # ~6 min on 2 cores: over the default run's budget with the in-process e2e test
 def test_two_pools_two_clones_one_remote(cluster, capsys, pytestconfig):
     import mlflow
 

@@ -4,10 +4,10 @@ It runs in a temporary git repo copied from this one, with the smoke profile app
 real Prefect test server and a real sqlite MLflow store, then checks dvc.lock, the outputs, the
 metrics and the parent/child runs; a second run must find every stage unchanged.
 
-The default test run covers the whole smoke pipeline once, on two pools
-(tests/test_across_machines.py, which makes the same checks on every stage's outputs and runs);
-here the in-process mode (the default, `make demo`) runs its first stage, and the whole smoke
-pipeline in-process is marked slow (`make test-all`; `make demo` runs it too).
+The default test run covers the whole smoke pipeline once, in-process (the default mode, as
+`make demo` runs it). tests/test_across_machines.py makes the same checks on two pools with two
+workers; that run takes twice as long and is marked slow (`make test-all`; bench/across_machines.py
+runs it too).
 """
 
 import json
@@ -46,31 +46,6 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def test_in_process_mode_runs_a_stage_then_finds_it_cached(tmp_path, mlflow_uri, prefect_server, capsys):
-    import mlflow
-
-    from flows.cli import main
-
-    root = copy_repo(tmp_path / "repo")
-    assert main(["run", "--root", str(root), "--profile", "smoke", "--only", "prepare_data"]) == 0
-    assert list(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == ["prepare_data"]
-    assert json.loads((root / "reports/prepare_data.json").read_text())["records_in"] == 300
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("chatforge")
-    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "pipeline")
-    children = [r for r in client.search_runs([exp.experiment_id])
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert [r.info.run_name for r in children] == ["prepare_data"]
-    assert children[0].data.metrics["records_in"] == 300 and parent.data.metrics["stages_ran"] == 1
-
-    capsys.readouterr()
-    assert main(["run", "--root", str(root), "--only", "prepare_data"]) == 0
-    assert "unchanged (cached)" in capsys.readouterr().out
-    latest = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
-    assert latest.info.run_name == "pipeline" and latest.data.metrics["stages_cached"] == 1
-
-
-@pytest.mark.slow
 def test_pipeline_runs_end_to_end_then_is_cached(tmp_path, mlflow_uri, prefect_server, capsys):
     import mlflow
 

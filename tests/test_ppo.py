@@ -215,7 +215,8 @@ logged = []
 cfg = PPOConfig(steps=2, rollout_batch_size=2, mini_batch_size=2, max_new_tokens=4, lr=1.0e-3, save_every=1, seed=5)
 summary = train_ppo(policy, reward, prompts, cfg, out / "policy", checkpoint_dir=out / "ckpt",
                     log_fn=lambda metrics, step: logged.append(step))
-print(json.dumps({"rank": dist.get_rank(), "logged": logged, "steps": summary["steps"]}), flush=True)
+# one file per rank: two ranks printing at once can interleave their lines on the shared stdout
+(out / f"rank{dist.get_rank()}.json").write_text(json.dumps({"logged": logged, "steps": summary["steps"]}))
 dist.destroy_process_group()
 """
 
@@ -235,7 +236,7 @@ def test_two_ranks_on_gloo_train_together_and_rank_0_logs_and_writes(tiny_model_
                            str(script), str(tiny_model_dir), str(tiny_reward_dir), str(tmp_path), json.dumps(PROMPTS)],
                           capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    ranks = {r["rank"]: r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    ranks = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
     assert ranks[0]["logged"] == [1, 2] and ranks[1]["logged"] == [] and ranks[0]["steps"] == ranks[1]["steps"] == 2
     assert (tmp_path / "policy" / "model.safetensors").exists()
     state = json.loads((tmp_path / "ckpt" / "last" / "trainer_state.json").read_text())
