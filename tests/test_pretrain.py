@@ -191,6 +191,19 @@ def test_tiny_pretrain_learns_and_saves_a_standard_model(tmp_path, corpus, tiny_
     assert last_complete_checkpoint(cfg.checkpoint_dir).name == "checkpoint-30"
 
 
+def test_a_finished_run_run_again_trains_no_step_more(tmp_path, corpus, tiny_model_config):
+    """`dvc repro` re-runs pretrain when only its code changed: the last checkpoint holds every step, and
+    transformers' Trainer resumed there would train one more (977 of 976 on the default profile)."""
+    cfg = tiny_config(tmp_path, corpus, max_tokens=8 * 8 * 32, logging_steps=1)
+    first = pretrain(cfg, tiny_model_config, seed=0).report
+    curve, weights = loss_curve(cfg.loss_curve), final_weights(cfg.output)
+    again = pretrain(cfg, tiny_model_config, seed=0).report
+    assert first["steps"] == again["steps"] == again["resumed_from_step"] == 8
+    assert loss_curve(cfg.loss_curve) == curve and again["val_loss"] == first["val_loss"]
+    rerun = final_weights(cfg.output)
+    assert all(np.array_equal(weights[k], rerun[k]) for k in weights)
+
+
 KILLER = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path

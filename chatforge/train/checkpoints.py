@@ -39,6 +39,14 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step of a ``checkpoint-N`` directory."""
+    m = _CHECKPOINT.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path}: not a checkpoint-N directory")
+    return int(m.group(1))
+
+
 def last_complete_checkpoint(root: Path) -> Path | None:
     """The newest checkpoint with its ``COMPLETE`` marker, or None."""
     complete = [p for _, p in checkpoint_dirs(root) if (p / MARKER).exists()]

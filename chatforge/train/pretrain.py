@@ -31,7 +31,12 @@ from chatforge.core.config import field_help, save_config, to_dict
 from chatforge.core.files import atomic_dir, atomic_open
 from chatforge.core.launcher import Launcher, world
 from chatforge.train.base_model import has_model, read_lineage, write_lineage
-from chatforge.train.checkpoints import completion_callback, last_complete_checkpoint, prepare_checkpoint_dir
+from chatforge.train.checkpoints import (
+    checkpoint_step,
+    completion_callback,
+    last_complete_checkpoint,
+    prepare_checkpoint_dir,
+)
 from chatforge.train.model import ModelConfig, build_model, count_parameters
 from chatforge.train.packing import data_digest, file_digest, pretraining_blocks, token_corpus
 from chatforge.train.perplexity import HeldOutScore, score_model, token_byte_lengths, unigram_counts, unigram_score
@@ -317,6 +322,16 @@ def pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, seed: int, *, config_t
     # -- train --------------------------------------------------------------------------------
     if adopt_only:
         train_metrics: dict[str, Any] = {}
+    elif resume is not None and checkpoint_step(resume) >= cfg.max_steps:
+        # The run had finished: its last checkpoint holds every step. Resumed there, transformers' Trainer
+        # would take one step more (it checks max_steps after a step), so the weights and the state are
+        # taken from the checkpoint as they are.
+        from transformers import TrainerState
+
+        log.info("pretrain: %s already holds all %d steps; nothing to train", resume, cfg.max_steps)
+        trainer.model.load_state_dict(type(model).from_pretrained(str(resume)).state_dict())
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        train_metrics = {}
     else:
         train_metrics = trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
     start_step = trainer.state.global_step - timer.steps
