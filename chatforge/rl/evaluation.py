@@ -57,6 +57,17 @@ class Samples:
     replies: list[str]
 
 
+def left_padded(seqs: list[list[int]], pad: int, device=None):
+    """(ids, attention mask), each (B, T): prompts left-padded to the longest, so generation continues
+    every row from its last column."""
+    import torch
+
+    width = max(len(x) for x in seqs)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=device)
+    return ids, mask
+
+
 def sample_replies(model, tokenizer, prompts: list[list[dict[str, str]]], settings: EvalSettings,
                    seed: int) -> Samples:
     """``samples_per_prompt`` sampled replies per prompt (temperature 1, no truncation of the distribution)."""
@@ -70,13 +81,11 @@ def sample_replies(model, tokenizer, prompts: list[list[dict[str, str]]], settin
     pad, stops = tokenizer.pad_token_id, sorted(stop_token_ids(tokenizer))    # the template's end of turn, not EOS alone
     for b in range(0, len(jobs), settings.batch_size):
         batch = jobs[b:b + settings.batch_size]
-        width = max(len(ids) for _, ids in batch)
-        ids = torch.tensor([[pad] * (width - len(x)) + x for _, x in batch])              # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for _, x in batch])
+        ids, mask = left_padded([x for _, x in batch], pad)
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                  top_p=1.0, max_new_tokens=settings.max_new_tokens, eos_token_id=stops,
-                                 pad_token_id=pad)[:, width:]                                # (B, new)
+                                 pad_token_id=pad)[:, ids.shape[1]:]                          # (B, new)
         for (i, prompt_ids), row in zip(batch, gen.tolist()):
             end = next((k for k, t in enumerate(row) if t in stops), None)
             reply = row[: end + 1] if end is not None else [t for t in row if t != pad]

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from chatforge.core.config import field_help, to_dict
 from chatforge.core.launcher import local_rank
+from chatforge.rl.evaluation import left_padded
 from chatforge.train.chat_format import encode_chat, stop_token_ids
 from chatforge.train.loading import load_model, load_model_and_tokenizer
 
@@ -251,9 +252,8 @@ def sample_replies(policy, tokenizer, prompts: list[list[dict[str, str]]], cfg: 
 
     # The base's own template, cut at a turn boundary to the last max_prompt_length tokens.
     ids = [encode_chat(p, tokenizer, cfg.max_prompt_length, add_generation_prompt=True).input_ids for p in prompts]
-    width, pad = max(len(x) for x in ids), tokenizer.pad_token_id
-    query = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)           # (B, T) left-padded
-    query_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+    pad = tokenizer.pad_token_id
+    query, query_mask = left_padded(ids, pad, device)                                # (B, T) each
     stops = sorted(stop_token_ids(tokenizer))         # the template's end of turn, not EOS alone
     with torch.no_grad():
         seq = policy.generate(input_ids=query, attention_mask=query_mask, do_sample=True, top_k=0, top_p=1.0,
