@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,14 @@ for key, value in PREFECT_DEFAULTS.items():
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="chatforge-bench-prefect-"))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from tests.test_across_machines import Cluster, free_port, git, records, wait_http
+from tests.test_across_machines import (
+    Cluster,
+    free_port,
+    git,
+    records,
+    stop_group,
+    wait_http,
+)
 from tests.test_pipeline_e2e import copy_repo
 
 TRAINING = ("pretrain", "sft", "train_reward", "rlhf")
@@ -94,11 +100,7 @@ def main() -> None:
                 rows.append((mode, seconds, sum(r["bytes_pushed"] for r in done), sum(r["bytes_pulled"] for r in done)))
                 per_stage[mode] = done
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0][1]
     print(f"\n{'mode':24s} {'wall s':>8s} {'x in-process':>13s} {'bytes pushed':>13s} {'bytes pulled':>13s}")

@@ -159,11 +159,17 @@ def cluster(tmp_path_factory, _mlflow_seed_db):
             finally:
                 c.stop()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
+
+
+def stop_group(proc: subprocess.Popen, wait: float = 30) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL after ``wait`` s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def records(tmp: Path) -> dict[str, dict]:
