@@ -29,6 +29,7 @@ from typing import Any
 
 from chatforge.rl.evaluation import Samples, reply_logprobs
 from chatforge.train.chat_format import encode_chat
+from chatforge.train.reward import win_share
 
 WORD = re.compile(r"\w+")
 NO_CONVERSATION = [{"role": "user", "content": ""}]
@@ -48,13 +49,6 @@ def inverse_document_frequency(replies: Sequence[str]) -> dict[str, float]:
     df = Counter(w for r in replies for w in set(words(r)))
     n = len(replies)
     return {w: math.log((n + 1) / (c + 1)) for w, c in df.items()} | {"": math.log(n + 1)}
-
-
-def win_share(chosen: Sequence[float], rejected: Sequence[float]) -> float:
-    """Share of pairs whose chosen score is above the rejected one (a tie counts half)."""
-    if not chosen:
-        return float("nan")
-    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
 
 
 def pairwise_accuracy(pairs: Sequence[Pair], score: Callable[[list[dict[str, str]], str], float]) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 from chatforge.core.config import field_help
 from chatforge.train.chat_format import encode_chat, reply_pair
 from chatforge.train.lora import LoraConfig, save_trained, trainer_kwargs
+from chatforge.train.token_match import TokenMatchConfig
 from chatforge.train.trainer_args import training_args
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,19 @@ class RewardModelConfig:
     eval_batch_size: int = field_help(32, "sequences per forward pass when scoring")
     logging_steps: int = field_help(10, "log loss/accuracy/margin to MLflow every N steps")
     lora: LoraConfig = field_help(LoraConfig(), "LoRA adapter (the scalar head trains in full) instead of all weights")
+    token_match: TokenMatchConfig = field_help(TokenMatchConfig(), "a learned token-match head added to the score")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.judge_fraction < 1.0:
             raise ValueError("'judge_fraction' must be in (0, 1): the judge and the reward model both need pairs")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ValueError("set 'epochs' > 0 or 'max_steps' > 0")
+        if not self.trains_transformer and not self.token_match.enabled:
+            raise ValueError("set 'epochs' > 0 or 'max_steps' > 0, or enable 'token_match' (the transformer "
+                             "untrained scores nothing)")
+
+    @property
+    def trains_transformer(self) -> bool:
+        """epochs and max_steps both 0: only the token-match head is trained (the transformer scores 0)."""
+        return self.max_steps > 0 or self.epochs > 0
 
 
 def encode_pairs(pairs: list[dict[str, Any]], tokenizer, max_length: int) -> list[dict[str, list[int]]]:
@@ -74,6 +82,8 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
     if not pairs:
         raise ValueError(f"{cfg.input}: no training pairs for the {name} model")
     tokenizer = load_tokenizer(cfg.sft)
+    if not cfg.trains_transformer:
+        return save_untrained(cfg, tokenizer, len(pairs), output_dir, name)
     args = RewardConfig(**training_args(
         cfg.checkpoints / name, seed, name, logging_steps=cfg.logging_steps,
         max_length=cfg.max_length, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
@@ -96,11 +106,33 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
     return {"train_pairs": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}
 
 
-def load_reward_model(path: Path):
-    """(model in eval mode, tokenizer) from a reward model directory."""
-    from chatforge.train.loading import load_model_and_tokenizer
+def save_untrained(cfg: RewardModelConfig, tokenizer, pairs: int, output_dir: Path, name: str) -> dict[str, float]:
+    """The SFT model with a new scalar head, saved as is: the reward model's transformer when only the
+    token-match head is trained (its mix gives the transformer weight 0)."""
+    from transformers import AutoModelForSequenceClassification
 
-    return load_model_and_tokenizer(path, head="reward")
+    from chatforge.train.base_model import write_lineage
+    from chatforge.train.loading import require_model_dir
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(require_model_dir(cfg.sft)), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.reward_max_length = cfg.max_length
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    write_lineage(output_dir, cfg.sft, stage=f"train_reward ({name})", data=str(cfg.input), pairs=pairs, steps=0,
+                  method="token-match head only (the transformer is the SFT model, untrained for reward)")
+    log.info("%s model: transformer not trained (train_reward.epochs and max_steps are 0)", name)
+    return {"train_pairs": pairs, "steps": 0}
+
+
+def load_reward_model(path: Path):
+    """(model in eval mode, tokenizer) from a reward model directory: the model is a
+    ``token_match.RewardScorer``, the transformer with its token-match head when one was trained."""
+    from chatforge.train.loading import load_model_and_tokenizer
+    from chatforge.train.token_match import load_scorer
+
+    transformer, tokenizer = load_model_and_tokenizer(path, head="reward")
+    return load_scorer(path, transformer), tokenizer
 
 
 def scoring_length(model) -> int:
@@ -110,8 +142,24 @@ def scoring_length(model) -> int:
 
 def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
                   batch_size: int = 32) -> list[float]:
-    """The reward of each (prompt, reply), cut at a turn boundary to the length the model was
-    trained on (``scoring_length``): a model trained on the last exchange never sees more."""
+    """The reward of each (prompt, reply) from ``load_reward_model``'s model: the transformer's score,
+    mixed with the token-match head's when the model has one (see chatforge.train.token_match)."""
+    head = getattr(model, "head", None)
+    transformer = getattr(model, "transformer", model)
+    if head is None:
+        return transformer_scores(transformer, tokenizer, prompts, replies, batch_size)
+    alpha, beta = head.mix.tolist()
+    match = head.score(prompts, replies, tokenizer)
+    if alpha == 0.0:
+        return [beta * m for m in match]
+    return [alpha * t + beta * m for t, m in zip(transformer_scores(transformer, tokenizer, prompts, replies, batch_size),
+                                                  match)]
+
+
+def transformer_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
+                       batch_size: int = 32) -> list[float]:
+    """The sequence-classification score of each (prompt, reply), cut at a turn boundary to the length
+    the model was trained on (``scoring_length``): a model trained on the last exchange never sees more."""
     import torch
 
     max_length = scoring_length(model)
@@ -148,12 +196,51 @@ def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]],
 
 def train_and_score(cfg: RewardModelConfig, pairs: list[dict[str, Any]], validation: list[dict[str, Any]],
                     seed: int, output_dir: Path, name: str = "reward") -> tuple[dict[str, Any], list[float]]:
-    """Train a reward model into ``output_dir`` and score it on the held-out ``validation`` pairs:
-    ({"train_*": ..., accuracy, margin, ...}, the margin of each held-out pair)."""
+    """Train a reward model into ``output_dir`` (the transformer, then the token-match head when
+    enabled) and score it on the held-out ``validation`` pairs: ({"train_*": ..., accuracy, margin,
+    ...}, the margin of each held-out pair). With the head, ``transformer_accuracy`` and
+    ``token_match_accuracy`` say what each part scores alone."""
     report = {f"train_{k}": v for k, v in train_reward_model(cfg, pairs, seed, output_dir, name).items()}
     model, tokenizer = load_reward_model(output_dir)
+    if cfg.token_match.enabled:
+        report.update(add_token_match(cfg, model, tokenizer, pairs, validation, seed, output_dir))
+        model, tokenizer = load_reward_model(output_dir)
     metrics, margins = pairwise_metrics(model, tokenizer, validation, cfg.eval_batch_size)
     return {**report, **metrics}, margins
+
+
+def add_token_match(cfg: RewardModelConfig, model, tokenizer, pairs: list[dict[str, Any]],
+                    validation: list[dict[str, Any]], seed: int, output_dir: Path) -> dict[str, float]:
+    """Train the token-match head on ``pairs``, fit its mix with the trained transformer and save it
+    into ``output_dir``; returns each part's held-out accuracy and the mix."""
+    from chatforge.train.token_match import fit_mix, fit_token_match
+
+    head, loss = fit_token_match(pairs, tokenizer, cfg.token_match, seed)
+
+    def both(scorer, part: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        prompts = [p["prompt"] for p in part]
+        return (scorer(prompts, [p["chosen"] for p in part]), scorer(prompts, [p["rejected"] for p in part]))
+
+    def transformer(prompts, replies):
+        return transformer_scores(model.transformer, tokenizer, prompts, replies, cfg.eval_batch_size)
+
+    def match(prompts, replies):
+        return head.score(prompts, replies, tokenizer)
+
+    report = {"token_match_train_loss": loss, "token_match_accuracy": win_share(*both(match, validation))}
+    if cfg.trains_transformer:
+        fit_mix(head, both(transformer, pairs), both(match, pairs))
+        report["transformer_accuracy"] = win_share(*both(transformer, validation))
+    head.save(output_dir)
+    alpha, beta = head.mix.tolist()
+    return {**report, "mix_transformer": alpha, "mix_token_match": beta}
+
+
+def win_share(chosen: list[float], rejected: list[float]) -> float:
+    """Share of pairs whose chosen score is above the rejected one (a tie counts half)."""
+    if not chosen:
+        return float("nan")
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / len(chosen)
 
 
 def agreement(margins: list[float], other: list[float]) -> float:
