@@ -1,6 +1,7 @@
 """The registry gate, both ways, on a real sqlite MLflow registry."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,30 @@ def test_dvc_lock_hash(tmp_path):
     lock.write_text("schema: '2.0'\nstages:\n  sft:\n    cmd: python -m stages.sft\n")
     assert len(dvc_lock_hash(lock, "sft")) == 16 and dvc_lock_hash(lock, "rlhf") == ""
     assert dvc_lock_hash(tmp_path / "none.lock", "sft") == ""
+
+
+def test_reward_model_is_registered_with_its_token_match_head(tiny_model_dir, tmp_path, mlflow_uri):
+    """The head is not part of the transformers flavour: it is logged beside the model, and the
+    version's ``token_match`` tag points at files that load back into the same head."""
+    import shutil
+
+    import mlflow
+    import torch
+
+    from chatforge.train.token_match import TokenMatchConfig, TokenMatchHead
+    from chatforge.train.tokenizer import load_tokenizer
+
+    reward = tmp_path / "reward"
+    shutil.copytree(tiny_model_dir, reward)
+    head = TokenMatchHead(len(load_tokenizer(reward)), TokenMatchConfig(enabled=True))
+    with torch.no_grad():
+        head.weight[:5] = torch.arange(5.0)
+    head.save(reward)
+    with mlflow.start_run():
+        version = register_model(reward, "chatforge-reward", tags={}, chat=False)
+    tag = mlflow.MlflowClient().get_model_version("chatforge-reward", version.version).tags["token_match"]
+    loaded = TokenMatchHead.load(Path(mlflow.artifacts.download_artifacts(tag)))
+    assert torch.equal(loaded.weight, head.weight)
+    with mlflow.start_run():                                           # a model without a head gets no tag
+        plain = register_model(tiny_model_dir, "chatforge-sft", tags={})
+    assert "token_match" not in mlflow.MlflowClient().get_model_version("chatforge-sft", plain.version).tags
