@@ -250,6 +250,7 @@ def test_two_pools_two_clones_one_remote(cluster, capsys, pytestconfig):
     import mlflow
 
     from flows.cli import main
+    from flows.pipeline import dvc_stage_order
 
     root = cluster.tmp / "repo"
     stages = list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
@@ -275,7 +276,7 @@ def test_two_pools_two_clones_one_remote(cluster, capsys, pytestconfig):
         with capsys.disabled():
             print(f"\nfirst run {first_run_s:.0f} s; bytes pushed {sum(r['bytes_pushed'] for r in ran.values())}, "
                   f"pulled {sum(r['bytes_pulled'] for r in ran.values())}")
-            for stage in stages:
+            for stage in dvc_stage_order(root):                # the order they ran in
                 print(f"  {stage:16s} {ran[stage]['pool']:4s} {ran[stage]['seconds']:6.1f} s  pulled "
                       f"{ran[stage]['bytes_pulled']:>9d}  pushed {ran[stage]['bytes_pushed']:>9d}")
     # the outputs are whole where they were made (the checks of tests/test_pipeline_e2e.py's local run)
