@@ -109,10 +109,12 @@ def pipeline(only: list[str] | None = None, root: str = ".", force: bool = False
 def run_on_pools(root: Path, placement: OrchestrationConfig, stages: list[str], parent_run_id: str,
                  force: bool) -> dict[str, str]:
     """Pool mode: each stage on its pool's worker (flows/dispatch.py), in DVC's order, one at a time;
-    artifacts and lock entries through the DVC remote. Logs which stage ran where."""
+    artifacts and lock entries through the DVC remote. A stage that dvc.lock and the remote show
+    unchanged is not submitted (flows/freshness.py). Logs which stage ran where."""
     import mlflow
 
     from flows.dispatch import ensure_deployments, submit_stage
+    from flows.freshness import unchanged_in_remote
     from flows.remote import configure_remote, read_lock
     from flows.stage_flow import execute_stage
 
@@ -126,6 +128,11 @@ def run_on_pools(root: Path, placement: OrchestrationConfig, stages: list[str], 
     results: dict[str, str] = {}
     for stage in stages:
         pool = placement.pool_for(stage)
+        if pool != LOCAL and not force and unchanged_in_remote(root, stage):
+            results[stage] = "cached"
+            logger.info("%s: unchanged by dvc.lock, outputs in the remote: not submitted to pool %s", stage, pool)
+            mlflow.log_params({f"placement.{stage}": f"{pool} (unchanged, not submitted)"})
+            continue
         request = {"stage": stage, "pool": pool, "commit": commit.removesuffix("-dirty"),
                    "params": (root / "params.yaml").read_text(encoding="utf-8"), "lock": read_lock(root),
                    "remote": url, "tracking_uri": tracking_uri(root), "parent_run_id": parent_run_id,

@@ -85,6 +85,23 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model_config):
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API server (~12-25 s to start on 2 cores), once per test run: the in-process
+    pipeline tests and the pool-mode cluster (tests/test_across_machines.py) share it. Yields its URL."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Prefect configures its logging on the first `from prefect import flow`, and its console handler
+    # keeps the sys.stderr of that moment: inside a test with capsys, a stream closed after that test,
+    # so the next test's flow logs to a closed file (and, printing the error through log_prints,
+    # recurses). Configure it here, outside any test.
+    ensure_logging_setup()
+    with prefect_test_harness(server_startup_timeout=180):
+        yield get_current_settings().api.url
+
+
+@pytest.fixture(scope="session")
 def _mlflow_seed_db(tmp_path_factory):
     """An MLflow sqlite DB migrated once per test run (migrations take ~5 s; a copy takes 0.2 s)."""
     import mlflow

@@ -1,13 +1,19 @@
-"""End to end: the pipeline through `chatforge run` (Prefect + DVC + MLflow) on a copy of the repo.
+"""End to end in-process: the pipeline through `chatforge run` (Prefect + DVC + MLflow) on a copy of the repo.
 
-It runs in a temporary git repo copied from this one, with the smoke profile applied, against a
-real Prefect test server and a real sqlite MLflow store, then checks dvc.lock, the outputs, the
-metrics and the parent/child runs; a second run must find every stage unchanged.
+It runs in a temporary git repo copied from this one, with the smoke profile applied by `--profile`,
+against a real Prefect test server and a real sqlite MLflow store, then checks dvc.lock, the outputs,
+the metrics and the parent/child runs; a second run must find the stages unchanged.
 
-The default test run covers the whole smoke pipeline once, in-process (the default mode, as
-`make demo` runs it). tests/test_across_machines.py makes the same checks on two pools with two
-workers; that run takes twice as long and is marked slow (`make test-all`; bench/across_machines.py
-runs it too).
+Which test covers what in the default run (`make test`):
+- the whole smoke pipeline, every stage, is run once by tests/test_across_machines.py
+  ::test_two_pools_two_clones_one_remote, on two Prefect pools: it makes every check of the whole
+  in-process test below (dvc.lock, outputs, metrics, one parent run with a child per stage, a second
+  run that runs nothing) and more (where each stage ran, artifacts through the remote);
+- the in-process mode (the default, what `make demo` runs) is run here on its first stage by
+  test_in_process_mode_runs_a_stage_then_finds_it_cached: `--profile`, the flow calling
+  `dvc repro` in this checkout, the sqlite MLflow store with the parent and child run, the cached rerun.
+The whole smoke pipeline in-process (test_pipeline_runs_end_to_end_then_is_cached) is marked slow
+(`make test-all`): `make demo` runs the same in-process path on the full default.
 """
 
 import json
@@ -19,14 +25,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def copy_repo(dest: Path) -> Path:
@@ -46,6 +44,36 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def test_in_process_mode_runs_a_stage_then_finds_it_cached(tmp_path, mlflow_uri, prefect_server, capsys):
+    import mlflow
+
+    from flows.cli import main
+
+    root = copy_repo(tmp_path / "repo")
+    assert main(["run", "--root", str(root), "--profile", "smoke", "--only", "prepare_data"]) == 0
+    assert list(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == ["prepare_data"]
+    # 300 records: the smoke profile's cap, so --profile reached params.yaml (the default reads 7,168)
+    assert json.loads((root / "reports/prepare_data.json").read_text())["records_in"] == 300
+    for kind in ("documents", "conversations", "preferences", "prompts"):
+        assert (root / "data/raw" / f"{kind}.jsonl").stat().st_size > 0
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("chatforge")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert [r.info.run_name for r in children] == ["prepare_data"]
+    assert children[0].data.metrics["records_in"] == 300 and parents[0].data.metrics["stages_ran"] == 1
+
+    capsys.readouterr()
+    assert main(["run", "--root", str(root), "--only", "prepare_data"]) == 0
+    assert "unchanged (cached)" in capsys.readouterr().out
+    latest = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    assert latest.info.run_name == "pipeline" and latest.data.metrics["stages_cached"] == 1
+    assert latest.data.metrics["stages_ran"] == 0
+
+
+@pytest.mark.slow          # test_across_machines.py's two-pool run makes these checks in the default run
 def test_pipeline_runs_end_to_end_then_is_cached(tmp_path, mlflow_uri, prefect_server, capsys):
     import mlflow
 
