@@ -44,6 +44,16 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def pipeline_runs(client):
+    """(the chatforge experiment, its one ``pipeline`` parent run, {stage: child run})."""
+    exp = client.get_experiment_by_name("chatforge")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 1
+    return exp, parents[0], {r.info.run_name: r for r in runs
+                             if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+
+
 def test_in_process_mode_runs_a_stage_then_finds_it_cached(tmp_path, mlflow_uri, prefect_server, capsys):
     import mlflow
 
@@ -57,13 +67,9 @@ def test_in_process_mode_runs_a_stage_then_finds_it_cached(tmp_path, mlflow_uri,
     for kind in ("documents", "conversations", "preferences", "prompts"):
         assert (root / "data/raw" / f"{kind}.jsonl").stat().st_size > 0
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("chatforge")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
-    assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert [r.info.run_name for r in children] == ["prepare_data"]
-    assert children[0].data.metrics["records_in"] == 300 and parents[0].data.metrics["stages_ran"] == 1
+    exp, parent, children = pipeline_runs(client)
+    assert list(children) == ["prepare_data"]
+    assert children["prepare_data"].data.metrics["records_in"] == 300 and parent.data.metrics["stages_ran"] == 1
 
     capsys.readouterr()
     assert main(["run", "--root", str(root), "--only", "prepare_data"]) == 0
@@ -93,15 +99,11 @@ def test_pipeline_runs_end_to_end_then_is_cached(tmp_path, mlflow_uri, prefect_s
 
     # MLflow: one parent run, a child per stage, with the stage's metrics
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("chatforge")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.info.run_name == "pipeline"]
-    assert len(parents) == 1
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    exp, parent, children = pipeline_runs(client)
     assert sorted(children) == sorted(stages)
     assert children["prepare_data"].data.metrics["records_in"] == 300
     assert "benchmarks.policy.aggregate.value" in children["evaluate"].data.metrics
-    assert parents[0].data.metrics["stages_ran"] == len(stages)
+    assert parent.data.metrics["stages_ran"] == len(stages)
 
     # a second run re-runs nothing
     capsys.readouterr()
