@@ -1,5 +1,7 @@
 """Reward models: TRL's RewardTrainer (pairwise Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected))
-on a sequence-classification head over the SFT model, and scoring replies with a trained one.
+on a sequence-classification head over the SFT model, optionally with a learned token-match head
+beside it (chatforge.train.token_match; the tiny default trains only that), and scoring replies with a
+trained one.
 
 The same code trains two models on disjoint pairs (see chatforge.data.preferences): the *reward model*
 that RL optimises against, and the held-out *judge* (the "gold" reward model of the reward
