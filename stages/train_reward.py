@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             report["judge_agreement"] = agreement(margins, judge_margins)
         # Untrained scorers on the same held-out pairs: what the reward model's accuracy must beat.
         report.update(reward_baselines(reward_pairs, validation, *load_model_and_tokenizer(rc.sft),
-                                       batch_size=rc.eval_batch_size))
+                                       batch_size=rc.eval_batch_size, max_length=rc.max_length))
         report["wall_seconds"] = round(time.perf_counter() - start, 1)
         run.report(rc.report, report)
         log.info("train_reward: held-out accuracy %.3f (margin %.3f), judge %.3f; untrained baselines: %s",

@@ -51,6 +51,11 @@ def test_pmi_is_higher_for_the_prompt_the_model_learnt_the_reply_with(trained_ch
     own = pmi_scores(model, tok, [hello, how], replies)
     other = pmi_scores(model, tok, [how, hello], replies)
     assert own[0] > other[0] and own[1] > other[1]
+    # max_length cuts the prompt at a turn boundary: a reply alone leaves no room for the first turn
+    long = [{"role": "user", "content": "hello " * 10}, {"role": "assistant", "content": "hi there!"}, *how]
+    last_turn = pmi_scores(model, tok, [how], replies[1:])
+    assert pmi_scores(model, tok, [long], replies[1:], max_length=48) == pytest.approx(last_turn)
+    assert pmi_scores(model, tok, [long], replies[1:]) != pytest.approx(last_turn)
     report = reward_baselines(ON_TOPIC, [pair("hello", "hi there!", "I'm doing well, thanks for asking!")],
                               model, tok)
     assert set(report) == {"baseline_length", "baseline_word_overlap", "baseline_idf_overlap",

@@ -78,10 +78,11 @@ def word_scorers(train_pairs: Sequence[Pair]) -> dict[str, Callable[[list[dict[s
 
 
 def pmi_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
-               batch_size: int = 32) -> list[float]:
+               batch_size: int = 32, max_length: int | None = None) -> list[float]:
     """log p(reply | prompt) - log p(reply | an empty user turn) for each (prompt, reply), the reply
-    ending with its end-of-turn token; the prompt keeps as many whole turns as the context allows."""
-    context = int(model.config.max_position_embeddings)
+    ending with its end-of-turn token; prompt and reply keep as many whole turns as ``max_length``
+    tokens allow (the model's context when None)."""
+    context = min(int(model.config.max_position_embeddings), max_length or int(model.config.max_position_embeddings))
     reply_ids = [tokenizer.encode(r, add_special_tokens=False)[: context // 2] + [tokenizer.eos_token_id]
                  for r in replies]
 
@@ -97,12 +98,14 @@ def pmi_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: l
 
 
 def reward_baselines(train_pairs: Sequence[Pair], heldout: Sequence[Pair], model=None, tokenizer=None,
-                     batch_size: int = 32) -> dict[str, float]:
-    """``{"baseline_<name>": held-out pairwise accuracy}`` of every scorer above (``pmi`` only with a model)."""
+                     batch_size: int = 32, max_length: int | None = None) -> dict[str, float]:
+    """``{"baseline_<name>": held-out pairwise accuracy}`` of every scorer above (``pmi`` only with a
+    model, reading ``max_length`` tokens as the reward model does: a 135M model's 8,192-token context
+    would make it read, and cost, far more)."""
     out = {f"baseline_{name}": pairwise_accuracy(heldout, fn) for name, fn in word_scorers(train_pairs).items()}
     if model is not None and heldout:
         prompts = [p["prompt"] for p in heldout]
-        chosen = pmi_scores(model, tokenizer, prompts, [p["chosen"] for p in heldout], batch_size)
-        rejected = pmi_scores(model, tokenizer, prompts, [p["rejected"] for p in heldout], batch_size)
+        chosen = pmi_scores(model, tokenizer, prompts, [p["chosen"] for p in heldout], batch_size, max_length)
+        rejected = pmi_scores(model, tokenizer, prompts, [p["rejected"] for p in heldout], batch_size, max_length)
         out["baseline_pmi"] = win_share(chosen, rejected)
     return out

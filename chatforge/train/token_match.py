@@ -123,7 +123,8 @@ class TokenMatchHead(torch.nn.Module):
         return head.eval()
 
 
-def fit_token_match(pairs: list[dict[str, Any]], tokenizer, cfg: TokenMatchConfig, seed: int) -> tuple[TokenMatchHead, float]:
+def fit_token_match(pairs: list[dict[str, Any]], tokenizer, cfg: TokenMatchConfig,
+                    seed: int) -> tuple[TokenMatchHead, float]:
     """Train the head on ``pairs`` (listwise: the chosen reply against its rejected reply and
     ``negatives - 1`` other training replies); returns (head, last epoch's mean loss)."""
     rng = random.Random(seed)
@@ -155,7 +156,10 @@ def fit_token_match(pairs: list[dict[str, Any]], tokenizer, cfg: TokenMatchConfi
     return head.eval(), loss_sum / len(pairs)
 
 
-def fit_mix(head: TokenMatchHead, transformer: tuple[list[float], list[float]], match: tuple[list[float], list[float]]) -> None:
+Scores = tuple[list[float], list[float]]     # (chosen replies' scores, rejected replies' scores)
+
+
+def fit_mix(head: TokenMatchHead, transformer: Scores, match: Scores) -> None:
     """Set the head's (alpha, beta) by the Bradley-Terry loss on the training pairs' score margins:
     ``transformer`` and ``match`` are each (chosen scores, rejected scores)."""
     diffs = torch.tensor([[tc - tr, mc - mr] for tc, tr, mc, mr in zip(*transformer, *match)])   # (N, 2)
