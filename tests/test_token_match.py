@@ -70,6 +70,10 @@ def test_head_only_reward_model_round_trips(tiny_model_dir, tmp_path, mlflow_uri
     assert score_replies(model, tok, prompts, [p["chosen"] for p in heldout]) == \
         pytest.approx(model.head.score(prompts, [p["chosen"] for p in heldout], tok))
     assert len(margins) == len(heldout)
+    with mlflow.start_run():                       # the same directory again, byte for byte (DVC sees no change)
+        train_and_score(cfg, topic_pairs(TOPICS[:6], 120, seed=0), heldout, 0, tmp_path / "again")
+    for f in ("model.safetensors", "token_match.safetensors"):
+        assert (tmp_path / "rm" / f).read_bytes() == (tmp_path / "again" / f).read_bytes()
 
 
 def test_trained_transformer_and_head_are_mixed(tiny_model_dir, tmp_path, mlflow_uri):

@@ -85,7 +85,7 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
         raise ValueError(f"{cfg.input}: no training pairs for the {name} model")
     tokenizer = load_tokenizer(cfg.sft)
     if not cfg.trains_transformer:
-        return save_untrained(cfg, tokenizer, len(pairs), output_dir, name)
+        return save_untrained(cfg, tokenizer, len(pairs), seed, output_dir, name)
     args = RewardConfig(**training_args(
         cfg.checkpoints / name, seed, name, logging_steps=cfg.logging_steps,
         max_length=cfg.max_length, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
@@ -108,14 +108,17 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
     return {"train_pairs": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}
 
 
-def save_untrained(cfg: RewardModelConfig, tokenizer, pairs: int, output_dir: Path, name: str) -> dict[str, float]:
+def save_untrained(cfg: RewardModelConfig, tokenizer, pairs: int, seed: int, output_dir: Path,
+                   name: str) -> dict[str, float]:
     """The SFT model with a new scalar head, saved as is: the reward model's transformer when only the
-    token-match head is trained (its mix gives the transformer weight 0)."""
-    from transformers import AutoModelForSequenceClassification
+    token-match head is trained (its mix gives the transformer weight 0). The head's initialisation is
+    seeded, so the directory is the same on every run (DVC sees no change)."""
+    from transformers import AutoModelForSequenceClassification, set_seed
 
     from chatforge.train.base_model import write_lineage
     from chatforge.train.loading import require_model_dir
 
+    set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(require_model_dir(cfg.sft)), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.reward_max_length = cfg.max_length
