@@ -29,7 +29,7 @@ from typing import Any
 
 from chatforge.rl.evaluation import Samples, reply_logprobs
 from chatforge.train.chat_format import encode_chat
-from chatforge.train.reward import win_share
+from chatforge.train.reward import pair_scores, win_share
 
 WORD = re.compile(r"\w+")
 NO_CONVERSATION = [{"role": "user", "content": ""}]
@@ -82,7 +82,9 @@ def pmi_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: l
     """log p(reply | prompt) - log p(reply | an empty user turn) for each (prompt, reply), the reply
     ending with its end-of-turn token; prompt and reply keep as many whole turns as ``max_length``
     tokens allow (the model's context when None)."""
-    context = min(int(model.config.max_position_embeddings), max_length or int(model.config.max_position_embeddings))
+    context = int(model.config.max_position_embeddings)
+    if max_length:
+        context = min(context, max_length)
     reply_ids = [tokenizer.encode(r, add_special_tokens=False)[: context // 2] + [tokenizer.eos_token_id]
                  for r in replies]
 
@@ -104,8 +106,6 @@ def reward_baselines(train_pairs: Sequence[Pair], heldout: Sequence[Pair], model
     would make it read, and cost, far more)."""
     out = {f"baseline_{name}": pairwise_accuracy(heldout, fn) for name, fn in word_scorers(train_pairs).items()}
     if model is not None and heldout:
-        prompts = [p["prompt"] for p in heldout]
-        chosen = pmi_scores(model, tokenizer, prompts, [p["chosen"] for p in heldout], batch_size, max_length)
-        rejected = pmi_scores(model, tokenizer, prompts, [p["rejected"] for p in heldout], batch_size, max_length)
-        out["baseline_pmi"] = win_share(chosen, rejected)
+        out["baseline_pmi"] = win_share(*pair_scores(
+            lambda prompts, replies: pmi_scores(model, tokenizer, prompts, replies, batch_size, max_length), heldout))
     return out

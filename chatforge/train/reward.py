@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +188,7 @@ def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]],
                      batch_size: int = 32) -> tuple[dict[str, float], list[float]]:
     """Held-out accuracy (share of pairs with r_chosen > r_rejected) and the margin distribution;
     also returns the per-pair margins."""
-    prompts = [p["prompt"] for p in pairs]
-    chosen = score_replies(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size)
-    rejected = score_replies(model, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size)
+    chosen, rejected = pair_scores(partial(score_replies, model, tokenizer, batch_size=batch_size), pairs)
     margins = [c - r for c, r in zip(chosen, rejected)]
     if not margins:
         return {"pairs": 0}, []
@@ -222,23 +222,27 @@ def add_token_match(cfg: RewardModelConfig, model, tokenizer, pairs: list[dict[s
 
     head, loss = fit_token_match(pairs, tokenizer, cfg.token_match, seed)
 
-    def both(scorer, part: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-        prompts = [p["prompt"] for p in part]
-        return (scorer(prompts, [p["chosen"] for p in part]), scorer(prompts, [p["rejected"] for p in part]))
-
     def transformer(prompts, replies):
         return transformer_scores(model.transformer, tokenizer, prompts, replies, cfg.eval_batch_size)
 
     def match(prompts, replies):
         return head.score(prompts, replies, tokenizer)
 
-    report = {"token_match_train_loss": loss, "token_match_accuracy": win_share(*both(match, validation))}
+    report = {"token_match_train_loss": loss, "token_match_accuracy": win_share(*pair_scores(match, validation))}
     if cfg.trains_transformer:
-        fit_mix(head, both(transformer, pairs), both(match, pairs))
-        report["transformer_accuracy"] = win_share(*both(transformer, validation))
+        fit_mix(head, pair_scores(transformer, pairs), pair_scores(match, pairs))
+        report["transformer_accuracy"] = win_share(*pair_scores(transformer, validation))
     head.save(output_dir)
     alpha, beta = head.mix.tolist()
     return {**report, "mix_transformer": alpha, "mix_token_match": beta}
+
+
+def pair_scores(score: Callable[[list[list[dict[str, str]]], list[str]], list[float]],
+                pairs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(chosen replies' scores, rejected replies' scores) of ``pairs`` by a batch scorer
+    ``score(prompts, replies)``."""
+    prompts = [p["prompt"] for p in pairs]
+    return score(prompts, [p["chosen"] for p in pairs]), score(prompts, [p["rejected"] for p in pairs])
 
 
 def win_share(chosen: list[float], rejected: list[float]) -> float:

@@ -91,10 +91,19 @@ class TokenMatchHead(torch.nn.Module):
         g = F.softplus(self.weight[reply] + 1.0) * reply_mask                                                  # (B, R)
         return (g * hit).sum(-1) / torch.sqrt(g.sum(-1) + 1e-6) + self.length * torch.log1p(reply_mask.sum(-1))
 
+    def context_ids(self, prompt: list[dict[str, str]], tokenizer) -> list[int]:
+        """The conversation's last ``context_tokens`` content tokens: what a reply is matched against."""
+        return content_ids([m["content"] for m in prompt], tokenizer)[-self.cfg.context_tokens:]
+
+    def reply_ids(self, reply: str, tokenizer) -> list[int]:
+        """The reply's first ``reply_tokens`` tokens: what is scored."""
+        return content_ids([reply], tokenizer)[: self.cfg.reply_tokens]
+
     def encode(self, prompts: list[list[dict[str, str]]], replies: list[str], tokenizer):
-        contexts = [content_ids([m["content"] for m in p], tokenizer)[-self.cfg.context_tokens:] for p in prompts]
-        return (*padded(contexts, self.cfg.context_tokens),
-                *padded([content_ids([r], tokenizer)[: self.cfg.reply_tokens] for r in replies], self.cfg.reply_tokens))
+        """(context, context mask, reply, reply mask) on the head's device, ready for ``forward``."""
+        tensors = (*padded([self.context_ids(p, tokenizer) for p in prompts], self.cfg.context_tokens),
+                   *padded([self.reply_ids(r, tokenizer) for r in replies], self.cfg.reply_tokens))
+        return tuple(t.to(self.weight.device) for t in tensors)
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict[str, str]]], replies: list[str], tokenizer, batch_size: int = 256) -> list[float]:
@@ -131,9 +140,9 @@ def fit_token_match(pairs: list[dict[str, Any]], tokenizer, cfg: TokenMatchConfi
     torch.manual_seed(seed)
     head = TokenMatchHead(len(tokenizer), cfg)
     opt = torch.optim.Adam([head.weight, head.length], lr=cfg.lr)
-    contexts = [content_ids([m["content"] for m in p["prompt"]], tokenizer)[-cfg.context_tokens:] for p in pairs]
-    chosen = [content_ids([p["chosen"]], tokenizer)[: cfg.reply_tokens] for p in pairs]
-    rejected = [content_ids([p["rejected"]], tokenizer)[: cfg.reply_tokens] for p in pairs]
+    contexts = [head.context_ids(p["prompt"], tokenizer) for p in pairs]
+    chosen = [head.reply_ids(p["chosen"], tokenizer) for p in pairs]
+    rejected = [head.reply_ids(p["rejected"], tokenizer) for p in pairs]
     loss_sum = 0.0
     for _ in range(cfg.epochs):
         order = list(range(len(pairs)))
