@@ -177,10 +177,7 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15                      # for all of them: a worker that hangs on
         for proc in self.workers.values():                   # SIGTERM (seen here) costs 15 s, not 30 s each
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture(scope="module")
