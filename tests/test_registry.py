@@ -66,28 +66,35 @@ def test_dvc_lock_hash(tmp_path):
     assert dvc_lock_hash(tmp_path / "none.lock", "sft") == ""
 
 
-def test_reward_model_is_registered_with_its_token_match_head(tiny_model_dir, tmp_path, mlflow_uri):
-    """The head is not part of the transformers flavour: it is logged beside the model, and the
-    version's ``token_match`` tag points at files that load back into the same head."""
+def test_reward_model_is_registered_with_its_heads(tiny_model_dir, tmp_path, mlflow_uri):
+    """The heads are not part of the transformers flavour: each is logged beside the model, and the
+    version's ``token_match`` and ``reply_probe`` tags point at files that load back into the same head."""
     import shutil
 
     import mlflow
     import torch
 
+    from chatforge.train.reply_probe import ReplyProbe, ReplyProbeConfig
     from chatforge.train.token_match import TokenMatchConfig, TokenMatchHead
     from chatforge.train.tokenizer import load_tokenizer
 
     reward = tmp_path / "reward"
     shutil.copytree(tiny_model_dir, reward)
     head = TokenMatchHead(len(load_tokenizer(reward)), TokenMatchConfig(enabled=True))
+    probe = ReplyProbe(32, ReplyProbeConfig(enabled=True), max_length=64)
     with torch.no_grad():
         head.weight[:5] = torch.arange(5.0)
+        probe.weight[:5] = torch.arange(5.0)
     head.save(reward)
+    probe.save(reward)
     with mlflow.start_run():
         version = register_model(reward, "chatforge-reward", tags={}, chat=False)
-    tag = mlflow.MlflowClient().get_model_version("chatforge-reward", version.version).tags["token_match"]
-    loaded = TokenMatchHead.load(Path(mlflow.artifacts.download_artifacts(tag)))
+    tags = mlflow.MlflowClient().get_model_version("chatforge-reward", version.version).tags
+    loaded = TokenMatchHead.load(Path(mlflow.artifacts.download_artifacts(tags["token_match"])))
     assert torch.equal(loaded.weight, head.weight)
+    loaded_probe = ReplyProbe.load(Path(mlflow.artifacts.download_artifacts(tags["reply_probe"])))
+    assert torch.equal(loaded_probe.weight, probe.weight) and loaded_probe.max_length == 64
     with mlflow.start_run():                                           # a model without a head gets no tag
         plain = register_model(tiny_model_dir, "chatforge-sft", tags={})
-    assert "token_match" not in mlflow.MlflowClient().get_model_version("chatforge-sft", plain.version).tags
+    assert not {"token_match", "reply_probe"} & set(mlflow.MlflowClient().get_model_version("chatforge-sft",
+                                                                                          plain.version).tags)

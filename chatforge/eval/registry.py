@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chatforge.train.token_match import SETTINGS as TOKEN_MATCH_SETTINGS
-from chatforge.train.token_match import WEIGHTS as TOKEN_MATCH_WEIGHTS
+from chatforge.train import reply_probe, token_match
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +149,15 @@ def register_model(model_dir: Path, name: str, *, tags: dict[str, str], chat: bo
         pip_requirements=pip_requirements(), registered_model_name=name, model_card=card,
     )
     version = str(info.registered_model_version)
-    # A reward model's token-match head (chatforge.train.token_match) is not part of the transformers
-    # flavour: it is logged beside the model and the version's tag says where.
-    if head_files := [f for f in (TOKEN_MATCH_WEIGHTS, TOKEN_MATCH_SETTINGS) if (model_dir / f).exists()]:
-        artifact_path = f"{name.removeprefix('chatforge-')}-token-match"
-        for f in head_files:
-            mlflow.log_artifact(str(model_dir / f), artifact_path=artifact_path)
-        tags = {**tags, "token_match": f"runs:/{mlflow.active_run().info.run_id}/{artifact_path}"}
+    # A reward model's heads (chatforge.train.reply_probe, chatforge.train.token_match) are not part of
+    # the transformers flavour: each is logged beside the model and a version tag says where.
+    for head in (reply_probe, token_match):
+        if head_files := [f for f in (head.WEIGHTS, head.SETTINGS) if (model_dir / f).exists()]:
+            kind = head.__name__.rpartition(".")[2]
+            artifact_path = f"{name.removeprefix('chatforge-')}-{kind.replace('_', '-')}"
+            for f in head_files:
+                mlflow.log_artifact(str(model_dir / f), artifact_path=artifact_path)
+            tags = {**tags, kind: f"runs:/{mlflow.active_run().info.run_id}/{artifact_path}"}
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)

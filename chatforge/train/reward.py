@@ -20,9 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from chatforge.core.config import field_help
 from chatforge.train.chat_format import encode_chat, reply_pair
 from chatforge.train.lora import LoraConfig, save_trained, trainer_kwargs
+from chatforge.train.reply_probe import ReplyProbeConfig
 from chatforge.train.token_match import TokenMatchConfig
 from chatforge.train.trainer_args import training_args
 
@@ -52,18 +55,20 @@ class RewardModelConfig:
     eval_batch_size: int = field_help(32, "sequences per forward pass when scoring")
     logging_steps: int = field_help(10, "log loss/accuracy/margin to MLflow every N steps")
     lora: LoraConfig = field_help(LoraConfig(), "LoRA adapter (the scalar head trains in full) instead of all weights")
+    reply_probe: ReplyProbeConfig = field_help(ReplyProbeConfig(), "a linear probe on the reply's mean hidden state "
+                                                                   "in place of the last token's score")
     token_match: TokenMatchConfig = field_help(TokenMatchConfig(), "a learned token-match head added to the score")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.judge_fraction < 1.0:
             raise ValueError("'judge_fraction' must be in (0, 1): the judge and the reward model both need pairs")
-        if not self.trains_transformer and not self.token_match.enabled:
-            raise ValueError("set 'epochs' > 0 or 'max_steps' > 0, or enable 'token_match' (the transformer "
-                             "untrained scores nothing)")
+        if not (self.trains_transformer or self.reply_probe.enabled or self.token_match.enabled):
+            raise ValueError("set 'epochs' > 0 or 'max_steps' > 0, or enable 'reply_probe' or 'token_match' "
+                             "(the transformer's head untrained scores nothing)")
 
     @property
     def trains_transformer(self) -> bool:
-        """epochs and max_steps both 0: only the token-match head is trained (the transformer scores 0)."""
+        """epochs and max_steps both 0: only the heads are fitted (reply probe, token match)."""
         return self.max_steps > 0 or self.epochs > 0
 
 
@@ -113,8 +118,9 @@ def train_reward_model(cfg: RewardModelConfig, pairs: list[dict[str, Any]], seed
 def save_untrained(cfg: RewardModelConfig, tokenizer, pairs: int, seed: int, output_dir: Path,
                    name: str) -> dict[str, float]:
     """The SFT model with a new scalar head, saved as is: the reward model's transformer when only the
-    token-match head is trained (its mix gives the transformer weight 0). The head's initialisation is
-    seeded, so the directory is the same on every run (DVC sees no change)."""
+    heads are fitted (the reply probe reads its hidden states; without one the token-match mix gives
+    the transformer weight 0). The head's initialisation is seeded, so the directory is the same on
+    every run (DVC sees no change)."""
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from chatforge.train.base_model import write_lineage
@@ -127,19 +133,45 @@ def save_untrained(cfg: RewardModelConfig, tokenizer, pairs: int, seed: int, out
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     write_lineage(output_dir, cfg.sft, stage=f"train_reward ({name})", data=str(cfg.input), pairs=pairs, steps=0,
-                  method="token-match head only (the transformer is the SFT model, untrained for reward)")
+                  method=f"{heads(cfg)} only (the transformer is the SFT model, untrained for reward)")
     log.info("%s model: transformer not trained (train_reward.epochs and max_steps are 0)", name)
     return {"train_pairs": pairs, "steps": 0}
 
 
-def load_reward_model(path: Path):
-    """(model in eval mode, tokenizer) from a reward model directory: the model is a
-    ``token_match.RewardScorer``, the transformer with its token-match head when one was trained."""
+class RewardScorer(torch.nn.Module):
+    """A reward model's transformer with the heads saved beside it (a reply probe, a token-match head)
+    as one module: ``config`` and ``device`` are the transformer's, so callers treat it as the model."""
+
+    def __init__(self, transformer, probe=None, head=None):
+        super().__init__()
+        self.transformer, self.probe, self.head = transformer, probe, head
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def device(self):
+        return self.transformer.device
+
+
+def heads(cfg: RewardModelConfig) -> str:
+    """The heads fitted beside the transformer, in words (for the lineage and the logs)."""
+    names = [name for name, on in (("reply probe", cfg.reply_probe.enabled), ("token-match head", cfg.token_match.enabled))
+             if on]
+    return " and ".join(names) or "no head"
+
+
+def load_reward_model(path: Path) -> tuple[RewardScorer, Any]:
+    """(scorer, tokenizer) from a reward model directory: the transformer in eval mode with its reply
+    probe and token-match head when they were trained."""
+    from chatforge.train import reply_probe, token_match
     from chatforge.train.loading import load_model_and_tokenizer
-    from chatforge.train.token_match import load_scorer
 
     transformer, tokenizer = load_model_and_tokenizer(path, head="reward")
-    return load_scorer(path, transformer), tokenizer
+    probe = reply_probe.ReplyProbe.load(path) if (Path(path) / reply_probe.WEIGHTS).exists() else None
+    head = token_match.TokenMatchHead.load(path) if (Path(path) / token_match.WEIGHTS).exists() else None
+    return RewardScorer(transformer, probe, head).eval(), tokenizer
 
 
 def scoring_length(model) -> int:
@@ -149,26 +181,33 @@ def scoring_length(model) -> int:
 
 def score_replies(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
                   batch_size: int = 32) -> list[float]:
-    """The reward of each (prompt, reply) from ``load_reward_model``'s model: the transformer's score,
-    mixed with the token-match head's when the model has one (see chatforge.train.token_match)."""
+    """The reward of each (prompt, reply) from ``load_reward_model``'s scorer: the transformer's score
+    (its reply probe's when it has one), mixed with the token-match head's when it has one (see
+    chatforge.train.token_match)."""
     head = getattr(model, "head", None)
-    transformer = getattr(model, "transformer", model)
     if head is None:
-        return transformer_scores(transformer, tokenizer, prompts, replies, batch_size)
+        return base_scores(model, tokenizer, prompts, replies, batch_size)
     alpha, beta = head.mix.tolist()
     match = head.score(prompts, replies, tokenizer)
     if alpha == 0.0:
         return [beta * m for m in match]
-    return [alpha * t + beta * m for t, m in zip(transformer_scores(transformer, tokenizer, prompts, replies, batch_size),
-                                                  match)]
+    return [alpha * t + beta * m for t, m in zip(base_scores(model, tokenizer, prompts, replies, batch_size), match)]
+
+
+def base_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
+                batch_size: int = 32) -> list[float]:
+    """The transformer's part of the reward: the reply probe on its hidden states when the scorer has
+    one, else its sequence-classification (last token) score."""
+    transformer = getattr(model, "transformer", model)
+    if (probe := getattr(model, "probe", None)) is not None:
+        return probe.score(transformer, tokenizer, prompts, replies, batch_size)
+    return transformer_scores(transformer, tokenizer, prompts, replies, batch_size)
 
 
 def transformer_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
                        batch_size: int = 32) -> list[float]:
     """The sequence-classification score of each (prompt, reply), cut at a turn boundary to the length
     the model was trained on (``scoring_length``): a model trained on the last exchange never sees more."""
-    import torch
-
     max_length = scoring_length(model)
     seqs = [encode_chat(reply_pair(p, r), tokenizer, max_length).input_ids for p, r in zip(prompts, replies)]
     scores: list[float] = []
@@ -201,17 +240,32 @@ def pairwise_metrics(model, tokenizer, pairs: list[dict[str, Any]],
 
 def train_and_score(cfg: RewardModelConfig, pairs: list[dict[str, Any]], validation: list[dict[str, Any]],
                     seed: int, output_dir: Path, name: str = "reward") -> tuple[dict[str, Any], list[float]]:
-    """Train a reward model into ``output_dir`` (the transformer, then the token-match head when
-    enabled) and score it on the held-out ``validation`` pairs: ({"train_*": ..., accuracy, margin,
-    ...}, the margin of each held-out pair). With the head, ``transformer_accuracy`` and
-    ``token_match_accuracy`` say what each part scores alone."""
+    """Train a reward model into ``output_dir`` (the transformer, then the reply probe and the
+    token-match head when enabled) and score it on the held-out ``validation`` pairs: ({"train_*": ...,
+    accuracy, margin, ...}, the margin of each held-out pair). With the token-match head,
+    ``transformer_accuracy`` and ``token_match_accuracy`` say what each part scores alone."""
     report = {f"train_{k}": v for k, v in train_reward_model(cfg, pairs, seed, output_dir, name).items()}
     model, tokenizer = load_reward_model(output_dir)
+    if cfg.reply_probe.enabled:
+        report.update(add_reply_probe(cfg, model, tokenizer, pairs, seed, output_dir))
+        model, tokenizer = load_reward_model(output_dir)
     if cfg.token_match.enabled:
         report.update(add_token_match(cfg, model, tokenizer, pairs, validation, seed, output_dir))
         model, tokenizer = load_reward_model(output_dir)
     metrics, margins = pairwise_metrics(model, tokenizer, validation, cfg.eval_batch_size)
     return {**report, **metrics}, margins
+
+
+def add_reply_probe(cfg: RewardModelConfig, model, tokenizer, pairs: list[dict[str, Any]], seed: int,
+                    output_dir: Path) -> dict[str, float]:
+    """Fit the reply probe on ``pairs`` over the transformer's hidden states and save it into
+    ``output_dir``; returns its penalty and cross-validated figures."""
+    from chatforge.train.reply_probe import fit_reply_probe
+
+    probe = fit_reply_probe(model.transformer, tokenizer, pairs, cfg.reply_probe, scoring_length(model), seed,
+                            cfg.eval_batch_size)
+    probe.save(output_dir)
+    return {f"reply_probe_{k}": v for k, v in probe.fit_report.items() if k != "train_pairs"}
 
 
 def add_token_match(cfg: RewardModelConfig, model, tokenizer, pairs: list[dict[str, Any]],
@@ -223,7 +277,7 @@ def add_token_match(cfg: RewardModelConfig, model, tokenizer, pairs: list[dict[s
     head, loss = fit_token_match(pairs, tokenizer, cfg.token_match, seed)
 
     def transformer(prompts, replies):
-        return transformer_scores(model.transformer, tokenizer, prompts, replies, cfg.eval_batch_size)
+        return base_scores(model, tokenizer, prompts, replies, cfg.eval_batch_size)
 
     def match(prompts, replies):
         return head.score(prompts, replies, tokenizer)

@@ -20,7 +20,8 @@ real replies from other conversations), then the reward model's score is
 on the training pairs, so each part counts as much as it helps.
 
 The head is saved beside the transformer (``token_match.safetensors`` + ``token_match.json``), which
-stays a standard sequence-classification directory; ``load_scorer`` puts the two back together.
+stays a standard sequence-classification directory; ``chatforge.train.reward.load_reward_model`` puts
+the two back together.
 """
 
 from __future__ import annotations
@@ -185,25 +186,3 @@ def fit_mix(head: TokenMatchHead, transformer: Scores, match: Scores) -> None:
     with torch.no_grad():
         head.mix.copy_(mix.detach())
     log.info("reward = %.3f * transformer + %.3f * token match", *head.mix.tolist())
-
-
-class RewardScorer(torch.nn.Module):
-    """A reward model directory's transformer and, when saved, its token-match head, as one module:
-    ``config``, ``device`` and ``to`` behave as the transformer's, so callers treat it as the model."""
-
-    def __init__(self, transformer, head: TokenMatchHead | None):
-        super().__init__()
-        self.transformer, self.head = transformer, head
-
-    @property
-    def config(self):
-        return self.transformer.config
-
-    @property
-    def device(self):
-        return self.transformer.device
-
-
-def load_scorer(directory: Path, transformer) -> RewardScorer:
-    head = TokenMatchHead.load(directory) if (Path(directory) / WEIGHTS).exists() else None
-    return RewardScorer(transformer, head).eval()
