@@ -10,6 +10,7 @@ import zipfile
 import pytest
 import torch
 
+from chatforge.core.files import atomic_dir
 from chatforge.train.base_model import BaseModelConfig, adopt_base, describe_lineage, has_model, read_lineage
 from chat_templates import family_tokenizer
 from conftest import TINY_TEXTS
@@ -136,11 +137,11 @@ def test_sft_reward_dpo_export_on_another_architecture(adopted, tmp_path, lora, 
                                                       max_length=128, max_steps=2, batch_size=4, lr=1.0e-2,
                                                       logging_steps=1, lora=lcfg),
                                     PAIRS, seed=0, output_dir=tmp_path / "rm")
-    with mlflow.start_run():
+    with mlflow.start_run(), atomic_dir(tmp_path / "policy") as out:      # as the stage writes it
         policy = train_policy(RlhfConfig(algorithm="dpo", checkpoints=tmp_path / "ck-rl", max_steps=2, batch_size=4,
                                          dpo_lr=1.0e-2, max_completion_length=16, max_length=128, lora=lcfg),
                               RlhfData(sft=tmp_path / "sft", reward=tmp_path / "rm", prompts=PROMPTS, pairs=PAIRS),
-                              seed=0, output_dir=tmp_path / "policy")
+                              seed=0, output_dir=out)
     assert sft["steps"] == 3 and reward["steps"] == 2 and policy["steps"] == 2
     assert sft["eval_loss"] < sft["base_eval_loss"]
     total = sft["total_parameters"]
@@ -154,6 +155,9 @@ def test_sft_reward_dpo_export_on_another_architecture(adopted, tmp_path, lora, 
     assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
     rm, _ = load_reward_model(tmp_path / "rm")
     assert rm.config.num_labels == 1 and rm.config.reward_max_length == 128
+    # each adapter is named where it lives, not where its stage wrote it before the directory landed
+    assert [st.get("adapter") for st in read_lineage(tmp_path / "policy")["stages"]] == \
+        ([str(tmp_path / "sft" / "adapter"), str(tmp_path / "policy" / "adapter")] if lora else [None, None])
     card = describe_lineage(read_lineage(tmp_path / "policy"))
     assert "checkpoint" in card and "sft" in card and "rlhf (dpo)" in card and ("LoRA r=4" in card) == lora
 

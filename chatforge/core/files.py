@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -213,6 +214,15 @@ def write_shards(directory: Path, records: Iterable[Any], records_per_shard: int
         for rec in records:
             writer.write(rec)
     return writer.count
+
+
+def final_path(path: Path) -> Path:
+    """The path that a directory written inside ``atomic_dir`` will have once it lands (``path`` itself
+    for any other path): what a model directory should record about where its own files live."""
+    path = Path(path)
+    if match := re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name):
+        return path.with_name(match.group(1))
+    return path
 
 
 @contextlib.contextmanager

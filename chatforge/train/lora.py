@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chatforge.core.config import field_help
+from chatforge.core.files import final_path
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def save_trained(trainer, base: Path, output_dir: Path, cfg: LoraConfig, task: T
     trainable, total = trainable_parameters(trainer.model)
     log.info("lora: adapter (%.2fM trainable of %.1fM) saved to %s and merged into %s", trainable / 1e6,
              total / 1e6, adapter_dir, output_dir)
-    return {"adapter": str(adapter_dir), "lora_r": cfg.r, "lora_alpha": cfg.alpha,
+    return {"adapter": str(final_path(output_dir) / ADAPTER_DIR), "lora_r": cfg.r, "lora_alpha": cfg.alpha,
             "trainable_parameters": trainable, "total_parameters": total}
 
 
