@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chatforge.train import reply_probe, token_match
+import chatforge.train.reply_probe as reply_probe
+import chatforge.train.token_match as token_match
 
 log = logging.getLogger(__name__)
 

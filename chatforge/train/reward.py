@@ -165,7 +165,8 @@ def heads(cfg: RewardModelConfig) -> str:
 def load_reward_model(path: Path) -> tuple[RewardScorer, Any]:
     """(scorer, tokenizer) from a reward model directory: the transformer in eval mode with its reply
     probe and token-match head when they were trained."""
-    from chatforge.train import reply_probe, token_match
+    import chatforge.train.reply_probe as reply_probe
+    import chatforge.train.token_match as token_match
     from chatforge.train.loading import load_model_and_tokenizer
 
     transformer, tokenizer = load_model_and_tokenizer(path, head="reward")
