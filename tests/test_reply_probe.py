@@ -68,6 +68,17 @@ def test_probe_needs_enough_pairs_for_its_folds(tiny_model_dir):
         fit_reply_probe(model, tok, tone_pairs(slice(0, 6), 3, seed=0), ReplyProbeConfig(enabled=True), 64, 0)
 
 
+def test_a_layer_the_model_lacks_is_named(tiny_model_dir):
+    from chatforge.train.loading import load_model_and_tokenizer
+    from chatforge.train.reply_probe import reply_features
+
+    model, tok = load_model_and_tokenizer(tiny_model_dir, head="reward")          # 2 layers
+    pairs = tone_pairs(slice(0, 6), 2, seed=0)
+    assert reply_features(model, tok, [p["prompt"] for p in pairs], ["Hi"] * 2, 64, layer=2).shape == (2, 32)
+    with pytest.raises(ValueError, match="reply_probe.layer: 3"):
+        reply_features(model, tok, [p["prompt"] for p in pairs], ["Hi"] * 2, 64, layer=3)
+
+
 def test_probe_settings_are_checked():
     from chatforge.train.reply_probe import ReplyProbeConfig
 

@@ -71,6 +71,10 @@ def reply_features(transformer, tokenizer, prompts: list[list[dict[str, str]]], 
     included), the conversation cut at a turn boundary to ``max_length`` tokens as the reward model
     reads it."""
     backbone = transformer.base_model          # the transformer under a sequence-classification head
+    layers = transformer.config.num_hidden_layers
+    if not -1 <= layer <= layers:
+        raise ValueError(f"train_reward.reply_probe.layer: {layer} is not a hidden layer of this model "
+                         f"(-1 for the last, 0 for the embeddings, up to {layers})")
     encoded = [encode_chat(reply_pair(p, r), tokenizer, max_length) for p, r in zip(prompts, replies)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows: list[torch.Tensor] = []
@@ -122,7 +126,7 @@ class ReplyProbe(torch.nn.Module):
     def score(self, transformer, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str],
               batch_size: int = 16) -> list[float]:
         features = reply_features(transformer, tokenizer, prompts, replies, self.max_length, self.cfg.layer, batch_size)
-        return self(features).tolist()
+        return self(features.to(self.weight.device)).tolist()
 
     def save(self, directory: Path) -> None:
         from safetensors.torch import save_file
