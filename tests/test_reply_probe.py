@@ -86,3 +86,35 @@ def test_probe_settings_are_checked():
         ReplyProbeConfig(l2=[])
     with pytest.raises(ValueError, match="'folds'"):
         ReplyProbeConfig(folds=1)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_hidden_states_at_a_layer_match_the_full_pass(family):
+    """The pass stopped at the read layer gives the hidden states a full pass reports there, for each
+    layer and three architectures (block lists named ``layers`` and ``h``), padding included."""
+    import torch
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    from chatforge.train.reply_probe import decoder_layers, hidden_states_at
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=50)
+    backbone = {"llama": lambda: LlamaModel(LlamaConfig(**small)), "qwen2": lambda: Qwen2Model(Qwen2Config(**small)),
+                "gpt2": lambda: GPT2Model(GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=50))}[family]().eval()
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        full = backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        for layer in (0, 1, 2, 3, -1):
+            want = full.last_hidden_state if layer == -1 else full.hidden_states[layer]
+            got = hidden_states_at(backbone, layer, 3, input_ids=ids, attention_mask=mask)
+            assert torch.allclose(got, want, atol=1e-6), (family, layer)
+        ran = []
+        blocks = decoder_layers(backbone, 3)
+        blocks[2].register_forward_hook(lambda *_: ran.append(2))
+        hidden_states_at(backbone, 1, 3, input_ids=ids, attention_mask=mask)
+        assert ran == [], "the blocks above the read layer ran"
+        hidden_states_at(backbone, 3, 3, input_ids=ids, attention_mask=mask)
+        assert ran == [2]
