@@ -19,19 +19,12 @@ HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 def batches(tokenizer, pairs: list[dict], max_length: int, batch_size: int):
-    """(input ids, attention mask) batches of the chosen conversations, right-padded."""
-    import torch
-
+    """(input ids, attention mask) batches of the chosen conversations, padded as the RL evaluation pads."""
+    from chatforge.rl.evaluation import left_padded
     from chatforge.train.chat_format import encode_chat, reply_pair
 
     seqs = [encode_chat(reply_pair(p["prompt"], p["chosen"]), tokenizer, max_length).input_ids for p in pairs]
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        part = seqs[i:i + batch_size]
-        width = max(len(s) for s in part)
-        ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in part])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in part])
-        out.append((ids, mask))
+    out = [left_padded(seqs[i:i + batch_size], tokenizer.pad_token_id) for i in range(0, len(seqs), batch_size)]
     return out, sum(len(s) for s in seqs)
 
 
