@@ -1,9 +1,10 @@
 """RLHF: tune the SFT model against the reward model (grpo/rloo) or on its preference pairs (dpo),
 then compare the policy with the SFT model on held-out prompts under the held-out judge.
 
-Reads models/sft/, models/reward/, models/judge/, data/clean/prompts.jsonl (train split for RL,
-validation split for the evaluation), for dpo the reward model's training pairs (the same split
-of train_reward.input that train_reward used) and for ppo with ppo.ptx_coef > 0 the pretraining
+Reads models/sft/, models/reward/, models/judge/, rlhf.prompts (data/clean/prompts.jsonl, or a
+preference file, whose pairs' prompts are taken: train split for RL less the judge's conversations,
+validation split for the evaluation), train_reward.input (its split; for dpo the reward model's
+training pairs, the split train_reward used) and for ppo with ppo.ptx_coef > 0 the pretraining
 documents (rlhf.ptx_input, train split). Writes models/policy/ and reports/rlhf.json.
 Params: seed, train_reward, rlhf.
 Run: dvc repro rlhf   or   python -m stages.rlhf --set rlhf.algorithm=rloo --set rlhf.max_steps=3

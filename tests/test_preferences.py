@@ -73,6 +73,11 @@ def test_prompts_reader(tmp_path):
     assert [r.get("split") for r in loaded.records] == ["validation", None]
     assert loaded.records[1]["messages"] == [{"role": "user", "content": "Plain text prompt"}]
     assert len(loaded.rejected) == 1
+    # A preference file read as prompts: each pair's prompt, under the pair's own id (so it splits alike).
+    pairs = write(tmp_path / "pairs.jsonl", [HH, OURS])
+    as_prompts, as_pairs = read_prompts(pairs).records, read_preferences(pairs).records
+    assert [r["messages"] for r in as_prompts] == [EXPECTED["prompt"]] * 2
+    assert [r["id"] for r in as_prompts] == [r["id"] for r in as_pairs] and as_prompts[1]["split"] == "train"
 
 
 def test_splits_are_disjoint_by_conversation_and_deterministic():

@@ -180,8 +180,10 @@ def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_di
                     ptx_input=docs, output=tmp_path / "policy", checkpoints=tmp_path / "ckpt",
                     report=tmp_path / "rlhf.json", max_length=64, ppo=ppo,
                     evaluation=EvalSettings(max_prompts=2, samples_per_prompt=1, max_new_tokens=6, max_length=64))
+    pairs = tmp_path / "preferences.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:4]))
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"seed": 0, "train_reward": to_dict(RewardModelConfig()), "rlhf": to_dict(rl)}))
+    params.write_text(json.dumps({"seed": 0, "train_reward": to_dict(RewardModelConfig(input=pairs)), "rlhf": to_dict(rl)}))
     main(["--params", str(params)])
     report = json.loads(rl.report.read_text())
     assert report["algorithm"] == "ppo" and report["steps"] == 2 and report["eval_prompts"] == 2
@@ -190,3 +192,26 @@ def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_di
     run = mlflow.search_runs(filter_string="tags.stage = 'rlhf'", output_format="list")[0]
     ptx = mlflow.MlflowClient().get_metric_history(run.info.run_id, "ptx_loss")
     assert len(ptx) == 2 and all(m.value > 0 for m in ptx)
+
+
+def test_rl_prompts_from_the_preference_file(tmp_path):
+    """rlhf.prompts may be the reward model's preference file (here in Anthropic HH's format): RL gets
+    the prompts of the reward model's pairs, the evaluation those of the validation pairs, and no prompt
+    of a conversation the judge was trained on reaches RL."""
+    import json
+
+    from chatforge.data.preferences import read_preferences, split_preferences
+    from chatforge.rl.algorithms import RlhfConfig, load_rlhf_data
+    from chatforge.train.reward import RewardModelConfig
+
+    hh = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: answer {i}.",
+           "rejected": f"\n\nHuman: question {i}?\n\nAssistant: no."} for i in range(60)]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in hh))
+    reward_cfg = RewardModelConfig(input=path, judge_fraction=0.5, validation_fraction=0.2)
+    data, held_out = load_rlhf_data(RlhfConfig(algorithm="grpo", prompts=path), reward_cfg, seed=3)
+    splits = split_preferences(read_preferences(path).records, 3, 0.5, 0.2)
+    assert splits.reward and splits.judge and splits.validation
+    assert sorted(map(str, data.prompts)) == sorted(str(p["prompt"]) for p in splits.reward)
+    assert sorted(map(str, held_out)) == sorted(str(p["prompt"]) for p in splits.validation)
+    assert data.pairs == []                                          # only dpo trains on the pairs

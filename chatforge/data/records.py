@@ -92,6 +92,12 @@ def normalize_conversation(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_prompt(record: dict[str, Any]) -> dict[str, Any]:
+    """A prompt record, or the prompt of a preference pair (any shape ``normalize_preference`` reads,
+    keeping the pair's id, so a preference file splits into the same train/validation prompts as its
+    pairs: RL on the prompts of the reward model's data)."""
+    if "chosen" in record and "rejected" in record:
+        pair = normalize_preference(record)
+        return {"id": pair["id"], "messages": pair["prompt"]}
     if "messages" in record:
         messages = normalize_messages(record["messages"])
     elif "prompt" in record:

@@ -45,7 +45,9 @@ class RlhfConfig:
     sft: Path = field_help(Path("models/sft"), "policy start and KL reference (a saved model directory)")
     reward: Path = field_help(Path("models/reward"), "reward model optimised by grpo/rloo")
     judge: Path = field_help(Path("models/judge"), "held-out judge: evaluation only, never a training signal")
-    prompts: Path = field_help(Path("data/clean/prompts.jsonl"), "RL prompts (train split) and held-out prompts")
+    prompts: Path = field_help(Path("data/clean/prompts.jsonl"),
+                               "RL prompts (train split) and held-out prompts (validation split); a preference "
+                               "file gives its pairs' prompts")
     ptx_input: Path = field_help(Path("data/clean/documents.jsonl"),
                                  "pretraining documents (train split) for PPO-ptx, read when ppo.ptx_coef > 0")
     output: Path = field_help(Path("models/policy"), "the tuned policy (with its tokenizer)")
@@ -184,19 +186,26 @@ class RlhfData:
 
 def load_rlhf_data(cfg: RlhfConfig, reward_cfg, seed: int) -> tuple[RlhfData, list[list[dict[str, str]]]]:
     """(the training data, the held-out prompts) for ``cfg.algorithm``. Prompts are split as the reward
-    model's pairs are (``reward_cfg``: a ``RewardModelConfig``); dpo trains on the reward model's own
-    pairs; ppo with ``ptx_coef > 0`` also reads the pretraining documents (InstructGPT's PPO-ptx)."""
-    from chatforge.data.preferences import by_split, read_preferences, read_prompts, split_preferences
+    model's pairs are (``reward_cfg``: a ``RewardModelConfig``), and a training prompt from a conversation
+    the judge was trained on is dropped (``rlhf.prompts`` may be the preference file itself: RL then runs
+    on the reward model's prompts and is evaluated on the validation pairs' prompts, which neither model
+    saw). dpo trains on the reward model's own pairs; ppo with ``ptx_coef > 0`` also reads the
+    pretraining documents (InstructGPT's PPO-ptx)."""
+    from chatforge.data.preferences import (by_split, group_key, read_preferences, read_prompts,
+                                            split_preferences)
     from chatforge.data.records import documents_by_split
 
     prompts = read_prompts(cfg.prompts).records
     vf = reward_cfg.validation_fraction
-    train = [p["messages"] for p in by_split(prompts, "train", seed, vf)]
+    splits = split_preferences(read_preferences(reward_cfg.input).records, seed, reward_cfg.judge_fraction, vf)
+    judged = {group_key(p["id"]) for p in splits.judge}
+    train_records = by_split(prompts, "train", seed, vf)
+    train = [p["messages"] for p in train_records if group_key(p["id"]) not in judged]
+    if len(train) < len(train_records):
+        log.info("rlhf: %d of %d training prompts come from the judge's conversations: not used for RL",
+                 len(train_records) - len(train), len(train_records))
     held_out = [p["messages"] for p in by_split(prompts, "validation", seed, vf)]
-    pairs = []
-    if cfg.algorithm == "dpo":
-        pairs = split_preferences(read_preferences(reward_cfg.input).records, seed, reward_cfg.judge_fraction,
-                                  vf).reward
+    pairs = splits.reward if cfg.algorithm == "dpo" else []
     ptx_texts = None
     if cfg.algorithm == "ppo" and cfg.ppo.ptx_coef > 0:
         ptx_texts = documents_by_split(cfg.ptx_input)["train"]
