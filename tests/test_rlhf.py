@@ -183,7 +183,8 @@ def test_stage_runs_ppo_ptx_on_the_pretraining_documents(tmp_path, tiny_model_di
     pairs = tmp_path / "preferences.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS[:4]))
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"seed": 0, "train_reward": to_dict(RewardModelConfig(input=pairs)), "rlhf": to_dict(rl)}))
+    params.write_text(json.dumps({"seed": 0, "train_reward": to_dict(RewardModelConfig(input=pairs)),
+                                  "rlhf": to_dict(rl)}))
     main(["--params", str(params)])
     report = json.loads(rl.report.read_text())
     assert report["algorithm"] == "ppo" and report["steps"] == 2 and report["eval_prompts"] == 2
